@@ -1,0 +1,420 @@
+// Package config loads and validates sandfleet's YAML configuration (SPEC §3).
+//
+// Decoding is strict: an unknown key is an error naming its line. Every default
+// lives in Default, and Validate reports problems by key path
+// (`pools[1].name: "win_10" contains "_"`).
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole of sandfleet's configuration.
+type Config struct {
+	Listen       string       `yaml:"listen"`
+	DataDir      string       `yaml:"data_dir"`
+	Database     string       `yaml:"database"`
+	Auth         Auth         `yaml:"auth"`
+	ResultServer ResultServer `yaml:"resultserver"`
+	Scheduler    Scheduler    `yaml:"scheduler"`
+	Timeouts     Timeouts     `yaml:"timeouts"`
+	Fleet        Fleet        `yaml:"fleet"`
+	Azure        Azure        `yaml:"azure"`
+	Pools        []Pool       `yaml:"pools"`
+	Guest        Guest        `yaml:"guest"`
+}
+
+// Auth configures API tokens.
+type Auth struct {
+	TokensFile string `yaml:"tokens_file"`
+}
+
+// ResultServer configures the CAPE result server.
+type ResultServer struct {
+	Listen      string `yaml:"listen"`
+	AdvertiseIP string `yaml:"advertise_ip"`
+}
+
+// Scheduler configures task dispatch.
+type Scheduler struct {
+	MaxMachines                int           `yaml:"max_machines"`
+	FailUnserviceable          bool          `yaml:"fail_unserviceable"`
+	RescheduleRunningOnRestart bool          `yaml:"reschedule_running_on_restart"`
+	PendingTimeout             time.Duration `yaml:"pending_timeout"`
+}
+
+// Timeouts bounds every wait (SPEC §1.6).
+type Timeouts struct {
+	Default        time.Duration `yaml:"default"`
+	Critical       time.Duration `yaml:"critical"`
+	VMState        time.Duration `yaml:"vm_state"`
+	CloudOperation time.Duration `yaml:"cloud_operation"`
+}
+
+// Fleet configures the reconcilers.
+type Fleet struct {
+	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
+}
+
+// Azure configures the Azure VMSS provider. An empty SubscriptionID selects the
+// in-process emulator.
+type Azure struct {
+	SubscriptionID           string        `yaml:"subscription_id"`
+	Endpoint                 string        `yaml:"endpoint"`
+	CAFile                   string        `yaml:"ca_file"`
+	Credential               string        `yaml:"credential"`
+	TenantID                 string        `yaml:"tenant_id"`
+	ClientID                 string        `yaml:"client_id"`
+	ClientSecretFile         string        `yaml:"client_secret_file"`
+	CertificateFile          string        `yaml:"certificate_file"`
+	CertificatePasswordFile  string        `yaml:"certificate_password_file"`
+	Region                   string        `yaml:"region"`
+	SandboxResourceGroup     string        `yaml:"sandbox_resource_group"`
+	VNetResourceGroup        string        `yaml:"vnet_resource_group"`
+	VNet                     string        `yaml:"vnet"`
+	Subnet                   string        `yaml:"subnet"`
+	Gallery                  string        `yaml:"gallery"`
+	InstanceType             string        `yaml:"instance_type"`
+	Spot                     bool          `yaml:"spot"`
+	EphemeralOSDiskPlacement string        `yaml:"ephemeral_os_disk_placement"`
+	TotalMachinesLimit       int           `yaml:"total_machines_limit"`
+	ScaleSetLimit            int           `yaml:"scale_set_limit"`
+	Overprovision            int           `yaml:"overprovision"`
+	ReimageBatchWindow       time.Duration `yaml:"reimage_batch_window"`
+	MonitorInterval          time.Duration `yaml:"monitor_interval"`
+	MaxConcurrentOperations  int           `yaml:"max_concurrent_operations"`
+	QuotaName                string        `yaml:"quota_name"`
+	QuotaMachineExclusion    int           `yaml:"quota_machine_exclusion"`
+	DNSServers               []string      `yaml:"dns_servers"`
+	WaitForAgentBeforeReady  bool          `yaml:"wait_for_agent_before_ready"`
+	AdoptExisting            bool          `yaml:"adopt_existing"`
+	MultipleDeployments      bool          `yaml:"multiple_deployments"`
+	// Emulator settings for the in-process emulator (SubscriptionID empty).
+	Emulator EmulatorSettings `yaml:"emulator"`
+}
+
+// EmulatorSettings shape the in-process Azure emulator of the embedded default.
+type EmulatorSettings struct {
+	AnalysisDuration string        `yaml:"analysis_duration"`
+	LRODelay         time.Duration `yaml:"lro_delay"`
+}
+
+// Emulated reports whether the Azure provider talks to the in-process emulator.
+func (a Azure) Emulated() bool { return a.SubscriptionID == "" }
+
+// Pool is one pool of interchangeable machines: an Azure scale set, a set of
+// libvirt domains, or a list of static machines.
+type Pool struct {
+	Name         string          `yaml:"name"`
+	Provider     string          `yaml:"provider"`
+	Platform     string          `yaml:"platform"`
+	Arch         string          `yaml:"arch"`
+	Tags         []string        `yaml:"tags"`
+	Image        string          `yaml:"image"`
+	InitialSize  int             `yaml:"initial_size"`
+	MaxSize      int             `yaml:"max_size"`
+	Reserved     bool            `yaml:"reserved"`
+	Machines     []StaticMachine `yaml:"machines"`
+	ResetCommand string          `yaml:"reset_command"`
+}
+
+// StaticMachine is a machine of a static pool.
+type StaticMachine struct {
+	Label    string   `yaml:"label"`
+	IP       string   `yaml:"ip"`
+	Arch     string   `yaml:"arch"`
+	Platform string   `yaml:"platform"`
+	Tags     []string `yaml:"tags"`
+}
+
+// Guest configures the guest-agent protocol.
+type Guest struct {
+	AgentPort     int    `yaml:"agent_port"`
+	Analyzer      string `yaml:"analyzer"`
+	UploadMaxSize Size   `yaml:"upload_max_size"`
+}
+
+// Size is a byte count written as "100MiB", "2GB", "512KiB" or a plain number.
+type Size int64
+
+// UnmarshalYAML parses a Size.
+func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*s = v
+	return nil
+}
+
+var sizeUnits = map[string]int64{
+	"": 1, "B": 1,
+	"KB": 1000, "MB": 1000 * 1000, "GB": 1000 * 1000 * 1000,
+	"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30,
+}
+
+// ParseSize parses "100MiB"-style sizes.
+func ParseSize(s string) (Size, error) {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := t, ""
+	if i >= 0 {
+		num, unit = t[:i], strings.ToUpper(strings.TrimSpace(t[i:]))
+	}
+	mult, ok := sizeUnits[unit]
+	if !ok || num == "" {
+		return 0, fmt.Errorf("invalid size %q (want e.g. 100MiB)", s)
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil || f < 0 {
+		return 0, fmt.Errorf("invalid size %q (want e.g. 100MiB)", s)
+	}
+	return Size(f * float64(mult)), nil
+}
+
+// Default returns the built-in configuration: SQLite under ./sandfleet-data, the
+// API on 127.0.0.1:8090, and one pool on the in-process Azure emulator.
+func Default() *Config {
+	return &Config{
+		Listen:       "127.0.0.1:8090",
+		DataDir:      "./sandfleet-data",
+		ResultServer: ResultServer{Listen: "127.0.0.1:2042"},
+		Scheduler: Scheduler{
+			FailUnserviceable:          true,
+			RescheduleRunningOnRestart: true,
+		},
+		Timeouts: Timeouts{
+			Default:        200 * time.Second,
+			Critical:       60 * time.Second,
+			VMState:        300 * time.Second,
+			CloudOperation: 300 * time.Second,
+		},
+		Fleet: Fleet{ReconcileInterval: 30 * time.Second},
+		Azure: Azure{
+			Endpoint:                 "https://management.azure.com",
+			Credential:               "default",
+			Region:                   "westeurope",
+			SandboxResourceGroup:     "sandfleet-sandbox",
+			VNetResourceGroup:        "sandfleet-network",
+			VNet:                     "sandfleet-vnet",
+			Subnet:                   "sandbox",
+			Gallery:                  "sandfleetgallery",
+			InstanceType:             "Standard_D2s_v5",
+			EphemeralOSDiskPlacement: "CacheDisk",
+			TotalMachinesLimit:       50,
+			ScaleSetLimit:            20,
+			ReimageBatchWindow:       4 * time.Second,
+			MonitorInterval:          300 * time.Second,
+			MaxConcurrentOperations:  4,
+			QuotaMachineExclusion:    5,
+			WaitForAgentBeforeReady:  true,
+			AdoptExisting:            true,
+			Emulator:                 EmulatorSettings{AnalysisDuration: "2s"},
+		},
+		Guest: Guest{AgentPort: 8000, Analyzer: "./analyzer", UploadMaxSize: 100 << 20},
+	}
+}
+
+// DefaultPools is the pool list used when the configuration names none: one
+// scale set of a few emulated Windows VMs.
+func DefaultPools() []Pool {
+	return []Pool{{
+		Name: "win10x64", Provider: "azure", Platform: "windows", Arch: "x64",
+		Tags: []string{"win10", "x64"}, Image: "win10-gallery-image",
+		InitialSize: 3, MaxSize: 10,
+	}}
+}
+
+// Load reads the file at path over the defaults. An empty path yields the
+// defaults. Relative paths in the file are resolved against the file's directory
+// only where noted in the README; the data directory is resolved by the caller.
+func Load(path string) (*Config, error) {
+	cfg := Default()
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		if err := Decode(data, cfg); err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	if len(cfg.Pools) == 0 {
+		cfg.Pools = DefaultPools()
+	}
+	return cfg, nil
+}
+
+// Decode parses YAML into cfg strictly: unknown keys are errors with their line.
+func Decode(data []byte, cfg *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // an empty file is the defaults
+		}
+		return errors.New(strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	return nil
+}
+
+var poolNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`)
+
+// Validate checks cfg and returns every problem found, each naming its key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "%q is not host:port", c.Listen)
+	} else if !IsLoopback(c.Listen) && c.Auth.TokensFile == "" {
+		bad("auth.tokens_file", "required when listen (%s) is not a loopback address", c.Listen)
+	}
+	if c.Database != "" && !strings.HasPrefix(c.Database, "sqlite://") &&
+		!strings.HasPrefix(c.Database, "postgres://") && !strings.HasPrefix(c.Database, "postgresql://") {
+		bad("database", "%q: want sqlite:///path or postgres://…", c.Database)
+	}
+	for key, d := range map[string]time.Duration{
+		"timeouts.default": c.Timeouts.Default, "timeouts.critical": c.Timeouts.Critical,
+		"timeouts.vm_state": c.Timeouts.VMState, "timeouts.cloud_operation": c.Timeouts.CloudOperation,
+		"fleet.reconcile_interval": c.Fleet.ReconcileInterval,
+		"azure.monitor_interval":   c.Azure.MonitorInterval,
+	} {
+		if d <= 0 {
+			bad(key, "must be positive (an unbounded wait is not allowed)")
+		}
+	}
+	if c.Scheduler.MaxMachines < 0 {
+		bad("scheduler.max_machines", "must be >= 0")
+	}
+	switch c.Azure.Credential {
+	case "default", "managed-identity", "emulator":
+	case "secret":
+		if c.Azure.ClientSecretFile == "" {
+			bad("azure.client_secret_file", "required with credential: secret")
+		}
+	case "certificate":
+		if c.Azure.CertificateFile == "" {
+			bad("azure.certificate_file", "required with credential: certificate")
+		}
+	default:
+		bad("azure.credential", "%q: want default, managed-identity, secret, certificate or emulator", c.Azure.Credential)
+	}
+	if c.Azure.MaxConcurrentOperations < 1 {
+		bad("azure.max_concurrent_operations", "must be >= 1")
+	}
+	if c.Azure.ReimageBatchWindow < 0 {
+		bad("azure.reimage_batch_window", "must be >= 0")
+	}
+	if c.Azure.Overprovision < 0 {
+		bad("azure.overprovision", "must be >= 0")
+	}
+	if c.Guest.AgentPort < 1 || c.Guest.AgentPort > 65535 {
+		bad("guest.agent_port", "%d is not a port", c.Guest.AgentPort)
+	}
+	if len(c.Pools) == 0 {
+		bad("pools", "at least one pool is required")
+	}
+	names := map[string]int{}
+	labels := map[string]string{}
+	for i, p := range c.Pools {
+		key := fmt.Sprintf("pools[%d]", i)
+		switch {
+		case p.Name == "":
+			bad(key+".name", "required")
+		case strings.Contains(p.Name, "_"):
+			bad(key+".name", "%q contains \"_\"", p.Name)
+		case !poolNameRE.MatchString(p.Name):
+			bad(key+".name", "%q: use letters, digits and '-' (at most 64)", p.Name)
+		}
+		if j, dup := names[p.Name]; dup && p.Name != "" {
+			bad(key+".name", "%q already used by pools[%d]", p.Name, j)
+		}
+		names[p.Name] = i
+		switch p.Platform {
+		case "windows", "linux", "darwin":
+		default:
+			bad(key+".platform", "%q: want windows, linux or darwin", p.Platform)
+		}
+		if p.Arch != "" && p.Arch != "x86" && p.Arch != "x64" {
+			bad(key+".arch", "%q: want x86 or x64", p.Arch)
+		}
+		switch p.Provider {
+		case "azure", "libvirt":
+			if p.Image == "" {
+				bad(key+".image", "required for provider %s", p.Provider)
+			}
+			if p.InitialSize < 0 {
+				bad(key+".initial_size", "must be >= 0")
+			}
+			if p.MaxSize < p.InitialSize {
+				bad(key+".max_size", "%d is below initial_size %d", p.MaxSize, p.InitialSize)
+			}
+			if p.Provider == "azure" && p.MaxSize > c.Azure.ScaleSetLimit && c.Azure.ScaleSetLimit > 0 {
+				bad(key+".max_size", "%d exceeds azure.scale_set_limit %d", p.MaxSize, c.Azure.ScaleSetLimit)
+			}
+			if len(p.Machines) > 0 {
+				bad(key+".machines", "only static pools list machines")
+			}
+		case "static":
+			if len(p.Machines) == 0 {
+				bad(key+".machines", "a static pool needs at least one machine")
+			}
+			for j, m := range p.Machines {
+				mk := fmt.Sprintf("%s.machines[%d]", key, j)
+				if m.Label == "" {
+					bad(mk+".label", "required")
+				} else if other, dup := labels[m.Label]; dup {
+					bad(mk+".label", "%q already used in %s", m.Label, other)
+				} else {
+					labels[m.Label] = mk
+				}
+				if net.ParseIP(m.IP) == nil {
+					bad(mk+".ip", "%q is not an IP address", m.IP)
+				}
+				if m.Arch != "" && m.Arch != "x86" && m.Arch != "x64" {
+					bad(mk+".arch", "%q: want x86 or x64", m.Arch)
+				}
+			}
+		case "":
+			bad(key+".provider", "required (azure, libvirt or static)")
+		default:
+			bad(key+".provider", "%q: want azure, libvirt or static", p.Provider)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// IsLoopback reports whether a host:port listens only on loopback.
+func IsLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// DatabaseURL returns the database URL, defaulting to SQLite in the data dir.
+func (c *Config) DatabaseURL() string {
+	if c.Database != "" {
+		return c.Database
+	}
+	return "sqlite://" + filepath.Join(c.DataDir, "sandfleet.db")
+}

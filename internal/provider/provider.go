@@ -1,0 +1,153 @@
+// Package provider defines what sandfleet needs from a platform that runs
+// machines — an Azure subscription, a libvirt host, a list of static machines —
+// and a conformance suite (provider/providertest) every driver passes.
+//
+// Providers know nothing about tasks or the database. They list what exists and
+// begin operations; every begun operation hands back its resume token before
+// anyone waits on it, so the caller can journal it (SPEC §1.3).
+package provider
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Errors drivers return (wrapped) so callers can decide without parsing text.
+var (
+	// ErrUnsupported: the driver cannot do this (a static pool cannot be resized).
+	ErrUnsupported = errors.New("not supported by this provider")
+	// ErrNotFound: the group or instance does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrPreconditionFailed: an If-Match ETag no longer matched; read again.
+	ErrPreconditionFailed = errors.New("precondition failed: resource changed since read")
+	// ErrTokenRejected: a resume token cannot be resumed (expired, malformed, or
+	// the operation is unknown); re-derive from the provider's current state.
+	ErrTokenRejected = errors.New("resume token rejected")
+	// ErrPreempted: another operation on the same group superseded this one.
+	ErrPreempted = errors.New("operation preempted")
+)
+
+// ThrottledError says the provider refused a call for rate limiting; no call to
+// it should be made before RetryAfter has passed.
+type ThrottledError struct {
+	RetryAfter time.Duration
+	Op         string
+}
+
+func (e *ThrottledError) Error() string {
+	return fmt.Sprintf("%s throttled: retry after %s", e.Op, e.RetryAfter)
+}
+
+// AsThrottled returns the ThrottledError in err's chain, if any.
+func AsThrottled(err error) (*ThrottledError, bool) {
+	var t *ThrottledError
+	ok := errors.As(err, &t)
+	return t, ok
+}
+
+// InstanceState summarises an instance's provisioning and power state.
+type InstanceState string
+
+// Instance states.
+const (
+	InstanceCreating InstanceState = "creating" // being created or reimaged
+	InstanceRunning  InstanceState = "running"  // provisioned and running
+	InstanceFailed   InstanceState = "failed"   // provisioning failed; still takes capacity
+	InstanceDeleting InstanceState = "deleting" // being deleted
+	InstanceStopped  InstanceState = "stopped"  // deallocated, stopped, evicted
+	InstanceUpdating InstanceState = "updating" // an operation is in progress on it
+)
+
+// Instance is one machine as the provider sees it.
+type Instance struct {
+	ID       string // provider instance id ("7" in a scale set)
+	Name     string // machine label: <group>_<id> on Azure, the configured label on static
+	IP       string // private IP of its primary NIC; "" if not yet known
+	State    InstanceState
+	Raw      string // the provider's own words (provisioningState/powerState)
+	Platform string // windows | linux | darwin, when the provider knows
+	Arch     string // x86 | x64, when the provider knows
+	Image    string // image or snapshot id the instance runs
+	Tags     []string
+}
+
+// Group is a provider-side group of instances backing a pool (a scale set).
+type Group struct {
+	Name     string
+	Owned    bool   // carries sandfleet's owner tag
+	Capacity int    // desired instance count as the provider records it
+	Image    string // image reference of the group's model
+	ETag     string
+	State    string // provisioning state of the group itself
+}
+
+// PoolSpec is what a driver needs to know of a pool to create its group.
+type PoolSpec struct {
+	Name     string
+	Platform string
+	Arch     string
+	Image    string
+	Tags     []string
+	Capacity int
+}
+
+// Kind names an operation for Resume.
+type Kind string
+
+// Operation kinds a driver can resume.
+const (
+	KindCreateGroup Kind = "create_pool"
+	KindDeleteGroup Kind = "delete_pool"
+	KindUpdateGroup Kind = "update_pool"
+	KindCapacity    Kind = "set_capacity"
+	KindReimage     Kind = "reimage"
+	KindDelete      Kind = "delete"
+)
+
+// Op is a begun operation. Token is known before Wait is called.
+type Op interface {
+	// Token is the resume token; "" for operations that finished at once.
+	Token() string
+	// Wait blocks until the operation ends or ctx is done (callers always pass a
+	// deadline). It returns nil on success.
+	Wait(ctx context.Context) error
+}
+
+// Provider is a platform driver. All methods are safe for concurrent use.
+type Provider interface {
+	// ListGroups lists the groups in the provider's scope (the sandbox resource
+	// group), owned or not.
+	ListGroups(ctx context.Context) ([]Group, error)
+	// GetGroup reads one group fresh. ErrNotFound if absent.
+	GetGroup(ctx context.Context, name string) (Group, error)
+	// CreateGroup begins creating a pool's group with spec.Capacity instances,
+	// tagged as owned.
+	CreateGroup(ctx context.Context, spec PoolSpec) (Op, error)
+	// DeleteGroup begins deleting a group.
+	DeleteGroup(ctx context.Context, name string) (Op, error)
+	// UpdateGroupImage begins pointing a group's model at spec.Image.
+	UpdateGroupImage(ctx context.Context, spec PoolSpec) (Op, error)
+	// ListInstances lists a group's instances with their IPs, all pages.
+	ListInstances(ctx context.Context, group string) ([]Instance, error)
+	// SetCapacity begins setting a group's capacity, conditional on etag (the
+	// ETag of a read made just before): ErrPreconditionFailed if it changed.
+	SetCapacity(ctx context.Context, group string, capacity int, etag string) (Op, error)
+	// Reimage begins reimaging instances; instance ids survive it.
+	Reimage(ctx context.Context, group string, ids []string) (Op, error)
+	// Delete begins deleting instances by id (capacity shrinks with them).
+	Delete(ctx context.Context, group string, ids []string) (Op, error)
+	// Resume re-attaches to an operation from its token. ErrTokenRejected if it
+	// cannot.
+	Resume(ctx context.Context, kind Kind, token string) (Op, error)
+}
+
+// Done is an Op that already finished with err.
+type Done struct{ Err error }
+
+// Token returns "".
+func (Done) Token() string { return "" }
+
+// Wait returns the stored error.
+func (d Done) Wait(context.Context) error { return d.Err }

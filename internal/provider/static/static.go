@@ -1,0 +1,247 @@
+// Package static is the provider for machines that exist on their own: bare
+// metal, or virtual machines made by hand. sandfleet never creates, resizes or
+// deletes them; it lists what the configuration names and, after each use, runs
+// the pool's reset_command (a FOG re-image, a snapshot revert script) if one is
+// set.
+package static
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sandfleet/sandfleet/internal/config"
+	"github.com/sandfleet/sandfleet/internal/provider"
+)
+
+// Driver serves the static pools of a configuration. It holds no mutable state
+// and is safe for concurrent use.
+type Driver struct {
+	pools map[string]config.Pool
+	order []string
+}
+
+var _ provider.Provider = (*Driver)(nil)
+
+// New returns a driver for the pools whose provider is "static"; other pools
+// are ignored.
+func New(pools []config.Pool) *Driver {
+	d := &Driver{pools: map[string]config.Pool{}}
+	for _, p := range pools {
+		if p.Provider != "static" {
+			continue
+		}
+		if _, dup := d.pools[p.Name]; !dup {
+			d.order = append(d.order, p.Name)
+		}
+		d.pools[p.Name] = p
+	}
+	return d
+}
+
+func (d *Driver) pool(name string) (config.Pool, error) {
+	p, ok := d.pools[name]
+	if !ok {
+		return config.Pool{}, fmt.Errorf("static pool %q: %w", name, provider.ErrNotFound)
+	}
+	return p, nil
+}
+
+func group(p config.Pool) provider.Group {
+	return provider.Group{
+		Name:     p.Name,
+		Owned:    true,
+		Capacity: len(p.Machines),
+		Image:    p.Image,
+		State:    "Succeeded",
+	}
+}
+
+// ListGroups returns one owned group per static pool, in configuration order.
+func (d *Driver) ListGroups(ctx context.Context) ([]provider.Group, error) {
+	out := make([]provider.Group, 0, len(d.order))
+	for _, name := range d.order {
+		out = append(out, group(d.pools[name]))
+	}
+	return out, nil
+}
+
+// GetGroup returns the static pool's group; ErrNotFound if it is not configured.
+func (d *Driver) GetGroup(ctx context.Context, name string) (provider.Group, error) {
+	p, err := d.pool(name)
+	if err != nil {
+		return provider.Group{}, err
+	}
+	return group(p), nil
+}
+
+// ListInstances returns the pool's configured machines, all running: sandfleet
+// has no way to know otherwise, and the guest-agent check catches dead ones.
+func (d *Driver) ListInstances(ctx context.Context, name string) ([]provider.Instance, error) {
+	p, err := d.pool(name)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]provider.Instance, 0, len(p.Machines))
+	for _, m := range p.Machines {
+		out = append(out, instance(p, m))
+	}
+	return out, nil
+}
+
+func instance(p config.Pool, m config.StaticMachine) provider.Instance {
+	in := provider.Instance{
+		ID:       m.Label,
+		Name:     m.Label,
+		IP:       m.IP,
+		State:    provider.InstanceRunning,
+		Raw:      "static",
+		Platform: firstOf(m.Platform, p.Platform),
+		Arch:     firstOf(m.Arch, p.Arch),
+		Image:    p.Image,
+	}
+	seen := map[string]bool{}
+	for _, t := range append(append([]string{}, p.Tags...), m.Tags...) {
+		if t != "" && !seen[t] {
+			seen[t] = true
+			in.Tags = append(in.Tags, t)
+		}
+	}
+	return in
+}
+
+func firstOf(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+func unsupported(what, name string) (provider.Op, error) {
+	return nil, fmt.Errorf("static pool %q: %s: %w", name, what, provider.ErrUnsupported)
+}
+
+// CreateGroup is unsupported: static machines exist on their own.
+func (d *Driver) CreateGroup(ctx context.Context, spec provider.PoolSpec) (provider.Op, error) {
+	return unsupported("create", spec.Name)
+}
+
+// DeleteGroup is unsupported.
+func (d *Driver) DeleteGroup(ctx context.Context, name string) (provider.Op, error) {
+	return unsupported("delete", name)
+}
+
+// UpdateGroupImage is unsupported: the machines' images are not sandfleet's.
+func (d *Driver) UpdateGroupImage(ctx context.Context, spec provider.PoolSpec) (provider.Op, error) {
+	return unsupported("update image", spec.Name)
+}
+
+// SetCapacity is unsupported: the machine list is the capacity.
+func (d *Driver) SetCapacity(ctx context.Context, name string, capacity int, etag string) (provider.Op, error) {
+	return unsupported("set capacity", name)
+}
+
+// Delete is unsupported: sandfleet does not destroy machines it did not make.
+func (d *Driver) Delete(ctx context.Context, name string, ids []string) (provider.Op, error) {
+	return unsupported("delete instances", name)
+}
+
+// Resume rejects every token: static operations finish within Wait and have
+// nothing to re-attach to; the caller re-derives from ListInstances.
+func (d *Driver) Resume(ctx context.Context, kind provider.Kind, token string) (provider.Op, error) {
+	return nil, fmt.Errorf("static: resume %s: %w", kind, provider.ErrTokenRejected)
+}
+
+// Reimage runs the pool's reset_command once per machine, within the returned
+// Op's Wait; without a reset_command the machines are reused as they are and the
+// Op is already done. Unknown ids are ErrNotFound.
+func (d *Driver) Reimage(ctx context.Context, name string, ids []string) (provider.Op, error) {
+	p, err := d.pool(name)
+	if err != nil {
+		return nil, err
+	}
+	byLabel := map[string]config.StaticMachine{}
+	for _, m := range p.Machines {
+		byLabel[m.Label] = m
+	}
+	var machines []config.StaticMachine
+	for _, id := range ids {
+		m, ok := byLabel[id]
+		if !ok {
+			return nil, fmt.Errorf("static pool %q: machine %q: %w", name, id, provider.ErrNotFound)
+		}
+		machines = append(machines, m)
+	}
+	if strings.TrimSpace(p.ResetCommand) == "" {
+		return provider.Done{}, nil
+	}
+	return &resetOp{pool: p.Name, command: p.ResetCommand, machines: machines}, nil
+}
+
+// resetOp runs a reset command for each machine on the first Wait that lets it
+// finish; later Waits return the same result.
+type resetOp struct {
+	pool     string
+	command  string
+	machines []config.StaticMachine
+
+	mu   sync.Mutex
+	next int // machines[:next] have been reset (or failed to)
+}
+
+func (o *resetOp) Token() string { return "" }
+
+func (o *resetOp) Wait(ctx context.Context) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for o.next < len(o.machines) {
+		m := o.machines[o.next]
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("static pool %q: reset %s: %w", o.pool, m.Label, err)
+		}
+		if err := runReset(ctx, o.command, m); err != nil {
+			// A failed reset leaves the machine in an unknown state; the caller
+			// quarantines it, so do not try it again on a later Wait.
+			o.next++
+			return fmt.Errorf("static pool %q: reset %s: %w", o.pool, m.Label, err)
+		}
+		o.next++
+	}
+	return nil
+}
+
+// maxOutput bounds how much of a failing command's output ends up in an error.
+const maxOutput = 2048
+
+func runReset(ctx context.Context, command string, m config.StaticMachine) error {
+	cmd := exec.CommandContext(ctx, "sh", "-c", command)
+	cmd.Env = append(os.Environ(), "SANDFLEET_MACHINE="+m.Label, "SANDFLEET_IP="+m.IP)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	setProcessGroup(cmd)
+	// A grandchild holding the output pipe must not keep Wait past ctx.
+	cmd.WaitDelay = 2 * time.Second
+	err := cmd.Run()
+	if err == nil {
+		return nil
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return fmt.Errorf("reset_command: %w", ctxErr)
+	}
+	msg := strings.TrimSpace(out.String())
+	if len(msg) > maxOutput {
+		msg = msg[len(msg)-maxOutput:]
+	}
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) && msg != "" {
+		return fmt.Errorf("reset_command: %w: %s", err, msg)
+	}
+	return fmt.Errorf("reset_command: %w", err)
+}

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sandfleet/sandfleet/internal/azemu"
+	"github.com/sandfleet/sandfleet/internal/daemon"
+	"github.com/sandfleet/sandfleet/internal/store/open"
+)
+
+func serveCmd(g *globals) *cobra.Command {
+	var listen, database string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the daemon: API, reconcilers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := g.load()
+			if err != nil {
+				return err
+			}
+			if cmd.Flags().Changed("listen") {
+				cfg.Listen = listen
+			}
+			if cmd.Flags().Changed("database") {
+				cfg.Database = database
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			log := g.logger()
+			d, err := daemon.New(ctx, cfg, log)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			return d.Run(ctx)
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "", "API address (overrides listen)")
+	cmd.Flags().StringVar(&database, "database", "", "database URL: sqlite:///path.db or postgres://… (overrides database)")
+	return cmd
+}
+
+func migrateCmd(g *globals) *cobra.Command {
+	var database string
+	cmd := &cobra.Command{
+		Use:   "migrate",
+		Short: "Apply database migrations and exit",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := g.load()
+			if err != nil {
+				return err
+			}
+			if cmd.Flags().Changed("database") {
+				cfg.Database = database
+			}
+			if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			st, err := open.Open(ctx, cfg.DatabaseURL())
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			fmt.Fprintf(cmd.OutOrStdout(), "migrations applied (%s)\n", st.Dialect())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&database, "database", "", "database URL (overrides database)")
+	return cmd
+}
+
+func emulatorCmd(g *globals) *cobra.Command {
+	var (
+		listen, state, analysis string
+		lroDelay                time.Duration
+		pageSize, agentPort     int
+	)
+	cmd := &cobra.Command{
+		Use:   "emulator",
+		Short: "Run the Azure Resource Manager emulator alone",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			emu, err := azemu.New(azemu.Options{
+				Listen: listen, StateDir: state, LRODelay: lroDelay, PageSize: pageSize,
+				AgentPort: agentPort, AnalysisDuration: analysis, Logger: g.logger(),
+			})
+			if err != nil {
+				return err
+			}
+			if err := emu.Start(); err != nil {
+				return err
+			}
+			defer emu.Close()
+			fmt.Fprintf(cmd.OutOrStdout(), "emulator listening on %s (CA: %s)\n", emu.URL(), emu.CAFile())
+			<-ctx.Done()
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", "127.0.0.1:8443", "HTTPS address")
+	f.StringVar(&state, "state", "./emulator-state", "state directory (kept across restarts; ca.pem is written here)")
+	f.StringVar(&analysis, "analysis-duration", "2s", "how long an emulated analyzer runs: 2s, or a range 1s..3s")
+	f.DurationVar(&lroDelay, "lro-delay", 0, "how long each long-running operation takes")
+	f.IntVar(&pageSize, "page-size", 50, "items per page of list results")
+	f.IntVar(&agentPort, "agent-port", 8000, "port of each emulated VM's guest agent")
+	return cmd
+}

@@ -1,0 +1,212 @@
+// Package daemon assembles sandfleet serve from a configuration: the store,
+// the providers (and, with no Azure subscription configured, an in-process
+// Azure emulator), one reconciler per provider, and the HTTP API.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sandfleet/sandfleet/internal/api"
+	"github.com/sandfleet/sandfleet/internal/azemu"
+	"github.com/sandfleet/sandfleet/internal/config"
+	"github.com/sandfleet/sandfleet/internal/fleet"
+	"github.com/sandfleet/sandfleet/internal/guest"
+	"github.com/sandfleet/sandfleet/internal/provider"
+	"github.com/sandfleet/sandfleet/internal/provider/azure"
+	"github.com/sandfleet/sandfleet/internal/provider/static"
+	"github.com/sandfleet/sandfleet/internal/store"
+	"github.com/sandfleet/sandfleet/internal/store/open"
+)
+
+// EmulatorSubscription is the subscription id used with the in-process emulator.
+const EmulatorSubscription = "00000000-0000-0000-0000-000000000000"
+
+// Daemon is a running sandfleet serve.
+type Daemon struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	Store    store.Store
+	Fleet    *fleet.Fleet
+	API      *api.Server
+	emulator *azemu.Emulator
+	listener net.Listener
+}
+
+// New builds a daemon: it validates cfg, opens and migrates the database,
+// starts the in-process emulator when needed, and builds the reconcilers. It
+// listens on cfg.Listen; Run serves.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	d := &Daemon{cfg: cfg, log: log}
+	ok := false
+	defer func() {
+		if !ok {
+			d.Close()
+		}
+	}()
+	st, err := open.Open(ctx, cfg.DatabaseURL())
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	d.Store = st
+
+	byProvider := map[string][]config.Pool{}
+	for _, p := range cfg.Pools {
+		byProvider[p.Provider] = append(byProvider[p.Provider], p)
+	}
+	var recs []*fleet.Reconciler
+	agent := guest.NewClient(cfg.Guest.AgentPort, 3*time.Second)
+	rsHost, rsPort := resultServerAddr(cfg)
+	for _, kind := range []string{"azure", "static", "libvirt"} {
+		pools := byProvider[kind]
+		if len(pools) == 0 {
+			continue
+		}
+		var (
+			prov         provider.Provider
+			waitForAgent bool
+		)
+		switch kind {
+		case "azure":
+			prov, err = d.azure(pools)
+			if err != nil {
+				return nil, err
+			}
+			waitForAgent = cfg.Azure.WaitForAgentBeforeReady
+		case "static":
+			prov = static.New(pools)
+		default:
+			return nil, fmt.Errorf("pools: provider %s is not available in this build", kind)
+		}
+		recs = append(recs, fleet.New(fleet.Options{
+			Store: st, Provider: prov, Pools: pools,
+			Interval: cfg.Fleet.ReconcileInterval, OpTimeout: cfg.Timeouts.CloudOperation,
+			WaitForAgent: waitForAgent, Agent: agent,
+			ReimageWindow: cfg.Azure.ReimageBatchWindow, MaxConcurrentOps: cfg.Azure.MaxConcurrentOperations,
+			AdoptExisting: cfg.Azure.AdoptExisting, MultipleDeployments: cfg.Azure.MultipleDeployments,
+			Orphans:        kind == "azure",
+			ResultServerIP: rsHost, ResultServerPort: rsPort,
+			Logger: log.With("provider", kind),
+		}))
+	}
+	d.Fleet = fleet.NewFleet(recs...)
+
+	var tokens map[string]bool
+	if cfg.Auth.TokensFile != "" {
+		if tokens, err = api.LoadTokens(cfg.Auth.TokensFile); err != nil {
+			return nil, err
+		}
+	}
+	d.API = api.New(api.Options{Store: st, Fleet: d.Fleet, Tokens: tokens, Logger: log})
+	d.listener, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	ok = true
+	return d, nil
+}
+
+// azure builds the Azure driver, starting the in-process emulator when no
+// subscription is configured.
+func (d *Daemon) azure(pools []config.Pool) (provider.Provider, error) {
+	ac := d.cfg.Azure
+	opts := azure.Options{Logger: d.log.With("provider", "azure"), PollInterval: 2 * time.Second}
+	if ac.Emulated() {
+		emu, err := azemu.New(azemu.Options{
+			Listen:           "127.0.0.1:0",
+			StateDir:         filepath.Join(d.cfg.DataDir, "emulator"),
+			LRODelay:         ac.Emulator.LRODelay,
+			AgentPort:        d.cfg.Guest.AgentPort,
+			AnalysisDuration: ac.Emulator.AnalysisDuration,
+			Logger:           d.log.With("component", "emulator"),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("azure emulator: %w", err)
+		}
+		if err := emu.Start(); err != nil {
+			return nil, fmt.Errorf("azure emulator: %w", err)
+		}
+		d.emulator = emu
+		d.log.Info("in-process Azure emulator started (no azure.subscription_id configured)", "url", emu.URL())
+		ac.SubscriptionID = EmulatorSubscription
+		ac.Endpoint = emu.URL()
+		ac.Credential = "emulator"
+		ac.CAFile = ""
+		opts.CertPool = emu.CertPool()
+	}
+	if ac.Credential == "emulator" {
+		opts.PollInterval = 200 * time.Millisecond
+	}
+	return azure.New(ac, opts)
+}
+
+// resultServerAddr is what machines are told to report to.
+func resultServerAddr(cfg *config.Config) (string, int) {
+	host, port, err := net.SplitHostPort(cfg.ResultServer.Listen)
+	if err != nil {
+		return cfg.ResultServer.AdvertiseIP, 2042
+	}
+	if cfg.ResultServer.AdvertiseIP != "" {
+		host = cfg.ResultServer.AdvertiseIP
+	}
+	var p int
+	fmt.Sscan(port, &p)
+	return host, p
+}
+
+// Addr is the API's listening address.
+func (d *Daemon) Addr() string { return d.listener.Addr().String() }
+
+// Run serves until ctx ends, then shuts down gracefully.
+func (d *Daemon) Run(ctx context.Context) error {
+	srv := &http.Server{Handler: d.API, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 2)
+	go func() {
+		if err := srv.Serve(d.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	fctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- d.Fleet.Run(fctx) }()
+	d.log.Info("sandfleet serving", "listen", d.Addr(), "database", d.Store.Dialect())
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	case err = <-done:
+	}
+	shut, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shut)
+	stop()
+	<-done
+	return err
+}
+
+// Close releases the database and the emulator.
+func (d *Daemon) Close() {
+	if d.listener != nil {
+		d.listener.Close()
+	}
+	if d.emulator != nil {
+		d.emulator.Close()
+	}
+	if d.Store != nil {
+		d.Store.Close()
+	}
+}

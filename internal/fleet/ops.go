@@ -1,0 +1,304 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sandfleet/sandfleet/internal/provider"
+	"github.com/sandfleet/sandfleet/internal/store"
+)
+
+// Every provider operation goes through here: intent journaled, machines
+// moved, operation begun, resume token stored — each its own short
+// transaction — and only then a wait, outside any transaction, in its own
+// goroutine. When it ends the journal and the machines are updated and a pass
+// is triggered.
+
+type opOption func(*store.Operation)
+
+func withCapacity(n int) opOption { return func(op *store.Operation) { op.Capacity = n } }
+
+// startGroupOp begins an operation on a whole group unless one is in flight.
+func (r *Reconciler) startGroupOp(ctx context.Context, pool string, kind store.OpKind,
+	begin func(context.Context) (provider.Op, error), opts ...opOption) {
+	if r.groupBusy(pool) {
+		return
+	}
+	r.startOp(ctx, store.Operation{Pool: pool, Kind: kind}, nil, begin, opts...)
+}
+
+// startInstanceOp begins an operation on instances, moving their machines
+// with pre first; instances already owned by an operation are left out.
+func (r *Reconciler) startInstanceOp(ctx context.Context, pool string, kind store.OpKind, ids []string,
+	pre []store.Transition, begin func(context.Context) (provider.Op, error)) {
+	for _, id := range ids {
+		if r.busy(pool, id) {
+			return // a previous operation still owns one; the next pass retries
+		}
+	}
+	r.startOp(ctx, store.Operation{Pool: pool, Kind: kind, InstanceIDs: ids}, pre, begin)
+}
+
+func (r *Reconciler) keys(op store.Operation) []string {
+	if len(op.InstanceIDs) == 0 {
+		return []string{opKey(op.Pool, "")}
+	}
+	keys := make([]string, len(op.InstanceIDs))
+	for i, id := range op.InstanceIDs {
+		keys[i] = opKey(op.Pool, id)
+	}
+	return keys
+}
+
+func (r *Reconciler) claim(op store.Operation) {
+	r.mu.Lock()
+	for _, k := range r.keys(op) {
+		r.inflight[k] = op.ID
+	}
+	r.mu.Unlock()
+}
+
+func (r *Reconciler) unclaim(op store.Operation) {
+	r.mu.Lock()
+	for _, k := range r.keys(op) {
+		if r.inflight[k] == op.ID {
+			delete(r.inflight, k)
+		}
+	}
+	r.mu.Unlock()
+}
+
+func (r *Reconciler) startOp(ctx context.Context, op store.Operation, pre []store.Transition,
+	begin func(context.Context) (provider.Op, error), opts ...opOption) {
+	if !r.acquire() {
+		return // at the concurrency cap; a finishing operation triggers a pass
+	}
+	op.Attempt = 1
+	op.Deadline = time.Now().Add(r.o.OpTimeout)
+	for _, o := range opts {
+		o(&op)
+	}
+	jop, err := r.o.Store.CreateOperation(ctx, op)
+	if err != nil {
+		r.release()
+		r.log.Error("journal operation", "pool", op.Pool, "kind", op.Kind, "err", err)
+		return
+	}
+	log := r.log.With("pool", jop.Pool, "operation_id", jop.ID, "kind", jop.Kind, "instance_ids", jop.InstanceIDs)
+	r.claim(jop)
+	if len(pre) > 0 {
+		res, err := r.o.Store.TransitionMachines(ctx, pre)
+		if err == nil && slicesAnyNil(res) {
+			err = store.ErrStale
+		}
+		if err != nil {
+			// Someone moved a machine under us; give up this batch and let the
+			// next pass decide again. Undo the moves that landed.
+			r.undo(ctx, pre, res, "operation not issued: "+err.Error())
+			r.finish(jop, store.OpAbandoned, "machines changed before issue: "+err.Error())
+			return
+		}
+	}
+	pop, err := begin(ctx)
+	if err != nil {
+		r.throttle(err)
+		log.Warn("operation not issued", "err", err)
+		r.undo(ctx, pre, nil, "operation failed to start: "+err.Error())
+		r.finish(jop, store.OpFailed, err.Error())
+		return
+	}
+	if err := r.o.Store.SetOperationToken(ctx, jop.ID, pop.Token()); err != nil {
+		// The operation runs in the cloud regardless; without its token a
+		// restart re-derives it from the provider's state.
+		log.Error("store resume token", "err", err)
+	}
+	log.Info("operation issued", "resumable", pop.Token() != "")
+	r.await(jop, pop)
+}
+
+func slicesAnyNil(ms []*store.Machine) bool {
+	for _, m := range ms {
+		if m == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// undo moves machines that pre moved back to where they were.
+func (r *Reconciler) undo(ctx context.Context, pre []store.Transition, landed []*store.Machine, cause string) {
+	var back []store.Transition
+	for i, t := range pre {
+		if landed != nil && (i >= len(landed) || landed[i] == nil) {
+			continue
+		}
+		back = append(back, store.Transition{Label: t.Label, From: t.To, To: t.From, Cause: cause})
+	}
+	if len(back) > 0 {
+		if _, err := r.o.Store.TransitionMachines(ctx, back); err != nil {
+			r.log.Error("undo transitions", "err", err)
+		}
+	}
+}
+
+// finish records an operation's end and releases its claim and slot.
+func (r *Reconciler) finish(op store.Operation, state store.OpState, msg string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.base), 30*time.Second)
+	defer cancel()
+	if err := r.o.Store.FinishOperation(ctx, op.ID, state, msg); err != nil && !errors.Is(err, store.ErrStale) {
+		r.log.Error("finish operation", "operation_id", op.ID, "err", err)
+	}
+	r.unclaim(op)
+	r.release()
+	r.Trigger()
+}
+
+// await waits for an issued operation in the background, bounded by its
+// deadline, then applies its outcome.
+func (r *Reconciler) await(op store.Operation, pop provider.Op) {
+	r.opsWG.Add(1)
+	go func() {
+		defer r.opsWG.Done()
+		r.mu.Lock()
+		base := r.base
+		r.mu.Unlock()
+		deadline := op.Deadline
+		if time.Until(deadline) < time.Second {
+			deadline = time.Now().Add(r.o.OpTimeout)
+		}
+		ctx, cancel := context.WithDeadline(base, deadline)
+		err := pop.Wait(ctx)
+		cancel()
+		if base.Err() != nil {
+			// Shutting down: leave it unfinished in the journal; the next start
+			// resumes it from its token.
+			r.unclaim(op)
+			r.release()
+			return
+		}
+		log := r.log.With("pool", op.Pool, "operation_id", op.ID, "kind", op.Kind, "instance_ids", op.InstanceIDs)
+		state, msg := store.OpSucceeded, ""
+		if err != nil {
+			state, msg = store.OpFailed, err.Error()
+			r.throttle(err)
+			log.Warn("operation failed", "err", err)
+		} else {
+			log.Info("operation succeeded")
+		}
+		r.outcome(context.WithoutCancel(base), op, err)
+		r.finish(op, state, msg)
+	}()
+}
+
+// outcome moves the machines an operation owned according to how it ended.
+func (r *Reconciler) outcome(ctx context.Context, op store.Operation, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var from, to store.MachineState
+	var cause string
+	switch op.Kind {
+	case store.OpReimage:
+		from, to, cause = store.Reimaging, store.Provisioning, "reimaged"
+		if err != nil {
+			to, cause = store.Dirty, "reimage failed: "+err.Error()
+		}
+	case store.OpDelete:
+		if err != nil && !errors.Is(err, provider.ErrNotFound) {
+			return // still deleting; the table issues the delete again
+		}
+		from, to, cause = store.Deleting, store.Gone, "deleted"
+	default:
+		return
+	}
+	labels, lerr := r.labels(ctx, op)
+	if lerr != nil {
+		r.log.Error("operation outcome", "operation_id", op.ID, "err", lerr)
+		return
+	}
+	var ts []store.Transition
+	for _, l := range labels {
+		ts = append(ts, store.Transition{Label: l, From: from, To: to, Cause: cause})
+	}
+	if err := r.move(ctx, op.Pool, ts); err != nil {
+		r.log.Error("operation outcome", "operation_id", op.ID, "err", err)
+	}
+}
+
+// labels maps an operation's instance ids to machine labels.
+func (r *Reconciler) labels(ctx context.Context, op store.Operation) ([]string, error) {
+	ms, err := r.o.Store.ListMachines(ctx, store.MachineFilter{Pool: op.Pool})
+	if err != nil {
+		return nil, err
+	}
+	want := map[string]bool{}
+	for _, id := range op.InstanceIDs {
+		want[id] = true
+	}
+	var out []string
+	for _, m := range ms {
+		if want[m.InstanceID] && m.State != store.Gone {
+			out = append(out, m.Label)
+		}
+	}
+	return out, nil
+}
+
+// resume re-attaches to every unfinished operation of this reconciler's pools.
+// One without a token, or whose token the provider rejects, is abandoned: the
+// table re-derives what to do from the provider's current state (a lost
+// reimage is reimaged again; a lost create is found, or not, by the next list).
+func (r *Reconciler) resume(ctx context.Context) error {
+	ops, err := r.o.Store.ListOperations(ctx, store.OperationFilter{Unfinished: true})
+	if err != nil {
+		return fmt.Errorf("read journal: %w", err)
+	}
+	for _, op := range ops {
+		if _, mine := r.pools[op.Pool]; !mine && !r.o.Orphans {
+			continue
+		}
+		log := r.log.With("pool", op.Pool, "operation_id", op.ID, "kind", op.Kind, "instance_ids", op.InstanceIDs)
+		if op.ResumeToken == "" {
+			log.Warn("unfinished operation has no resume token; re-deriving from the provider")
+			r.abandon(ctx, op, "no resume token: re-derived from provider state")
+			continue
+		}
+		pop, err := r.o.Provider.Resume(ctx, provider.Kind(op.Kind), op.ResumeToken)
+		if err != nil {
+			log.Warn("cannot resume operation; re-deriving from the provider", "err", err)
+			r.abandon(ctx, op, "resume failed: "+err.Error()+"; re-derived from provider state")
+			continue
+		}
+		log.Info("operation resumed")
+		r.mu.Lock()
+		r.active++ // resumed operations run even above the cap: they are already issued
+		r.mu.Unlock()
+		r.claim(op)
+		r.await(op, pop)
+	}
+	return nil
+}
+
+func (r *Reconciler) abandon(ctx context.Context, op store.Operation, msg string) {
+	if err := r.o.Store.FinishOperation(ctx, op.ID, store.OpAbandoned, msg); err != nil && !errors.Is(err, store.ErrStale) {
+		r.log.Error("abandon operation", "operation_id", op.ID, "err", err)
+	}
+}
+
+// acquire takes an operation slot if one is free.
+func (r *Reconciler) acquire() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.active >= r.o.MaxConcurrentOps {
+		return false
+	}
+	r.active++
+	return true
+}
+
+func (r *Reconciler) release() {
+	r.mu.Lock()
+	r.active--
+	r.mu.Unlock()
+}

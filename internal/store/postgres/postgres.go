@@ -1,0 +1,47 @@
+// Package postgres opens sandfleet's store on PostgreSQL through pgx's
+// database/sql driver. Several sandfleet nodes may share one database: every
+// state change is a compare-and-set, and migrations take an advisory lock.
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
+
+	"github.com/sandfleet/sandfleet/internal/store"
+	"github.com/sandfleet/sandfleet/internal/store/sqlstore"
+)
+
+var dialect = sqlstore.Dialect{
+	Name:     "postgres",
+	Numbered: true,
+	// Any constant key will do, as long as it is always this one.
+	MigrationLock: `SELECT pg_advisory_xact_lock(7235911801)`,
+	UniqueViolation: func(err error) bool {
+		var e *pgconn.PgError
+		return errors.As(err, &e) && e.Code == "23505"
+	},
+	Time: func(t time.Time) any { return t },
+}
+
+// Open connects to the PostgreSQL database at url (postgres://… or
+// postgresql://…). It does not migrate; call Migrate.
+func Open(ctx context.Context, url string) (store.Store, error) {
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	db.SetMaxOpenConns(16)
+	db.SetMaxIdleConns(4)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	return sqlstore.New(db, dialect), nil
+}

@@ -1,0 +1,64 @@
+// Package sqlite opens sandfleet's store on a SQLite file (modernc.org/sqlite,
+// no cgo): WAL, foreign keys, a 10 s busy timeout, and write transactions that
+// begin IMMEDIATE so that two writers queue instead of deadlocking on a lock
+// upgrade.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/sandfleet/sandfleet/internal/store"
+	"github.com/sandfleet/sandfleet/internal/store/sqlstore"
+)
+
+// timeFormat sorts as text and is what SQLite's own date functions read.
+const timeFormat = "2006-01-02T15:04:05.000000Z"
+
+var dialect = sqlstore.Dialect{
+	Name:      "sqlite",
+	OneWriter: true,
+	UniqueViolation: func(err error) bool {
+		var e *sqlite.Error
+		return errors.As(err, &e) &&
+			(e.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || e.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY)
+	},
+	Time: func(t time.Time) any { return t.Format(timeFormat) },
+}
+
+// Open opens (creating it and its directory if need be) the SQLite database at
+// path. It does not migrate; call Migrate.
+func Open(ctx context.Context, path string) (store.Store, error) {
+	if path == "" {
+		return nil, errors.New("sqlite: empty database path")
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("sqlite %s: %w", path, err)
+	}
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(10000)") // applied first, before anything can be busy
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("sqlite %s: %w", path, err)
+	}
+	// Writers queue on one slot anyway; a few connections let reads run beside them.
+	db.SetMaxOpenConns(8)
+	db.SetMaxIdleConns(8)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("sqlite %s: %w", path, err)
+	}
+	return sqlstore.New(db, dialect), nil
+}

@@ -1,0 +1,181 @@
+package e2e
+
+import (
+	"fmt"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sandfleet/sandfleet/internal/store/postgres/pgtest"
+)
+
+// databases runs a scenario on SQLite and on a fresh PostgreSQL database.
+func databases(t *testing.T, run func(t *testing.T, database func(dir string) string)) {
+	t.Run("sqlite", func(t *testing.T) {
+		run(t, func(dir string) string { return "sqlite://" + filepath.Join(dir, "sandfleet.db") })
+	})
+	t.Run("postgres", func(t *testing.T) {
+		url := pgtest.NewDatabase(t)
+		run(t, func(string) string { return url })
+	})
+}
+
+// The seed's scenario: ten scale-set instances registered, the daemon killed
+// with SIGKILL and started again: the same ten machines, no duplicates, no drift.
+func TestRestartKeepsMachines(t *testing.T) {
+	databases(t, func(t *testing.T, database func(string) string) {
+		emu := startEmulator(t, t.TempDir())
+		dir := t.TempDir()
+		conf, listen := writeConfig(t, daemonConfig{DataDir: dir, Database: database(dir), Emulator: emu, Size: 10})
+
+		d := startDaemon(t, conf, listen)
+		before := d.waitReady(t, 10, 60*time.Second)
+		if code, out := d.check(t); code != 0 {
+			t.Fatalf("check before kill: exit %d\n%s", code, out)
+		}
+		d.kill()
+
+		d = startDaemon(t, conf, listen)
+		after := d.waitReady(t, 10, 60*time.Second)
+		if !slices.Equal(slices.Sorted(maps.Keys(before)), slices.Sorted(maps.Keys(after))) {
+			t.Fatalf("machines changed across restart:\nbefore %v\nafter  %v", slices.Sorted(maps.Keys(before)), slices.Sorted(maps.Keys(after)))
+		}
+		for label, m := range after {
+			if b := before[label]; b.ID != m.ID || b.IP != m.IP {
+				t.Errorf("%s: row changed across restart: before id %d ip %s, after id %d ip %s", label, b.ID, b.IP, m.ID, m.IP)
+			}
+		}
+		if all := d.machines(t); len(all) != 10 {
+			t.Errorf("machine table has %d rows after restart, want 10 (no duplicates, nothing gone)", len(all))
+		}
+		if code, out := d.check(t); code != 0 {
+			t.Fatalf("check after restart: exit %d\n%s", code, out)
+		}
+		if n := count(emu.requests(t), "PUT", "/virtualMachineScaleSets/win10x64"); n != 1 {
+			t.Errorf("scale set PUT %d times, want 1", n)
+		}
+	})
+}
+
+// The kill lands while the scale set's creation is in flight: after restart the
+// operation is polled to completion from its stored resume token, not issued
+// a second time.
+func TestKillDuringCreateResumes(t *testing.T) {
+	databases(t, func(t *testing.T, database func(string) string) {
+		emu := startEmulator(t, t.TempDir(), "--lro-delay", "6s")
+		dir := t.TempDir()
+		conf, listen := writeConfig(t, daemonConfig{DataDir: dir, Database: database(dir), Emulator: emu, Size: 10})
+
+		d := startDaemon(t, conf, listen)
+		var ops []struct {
+			Kind      string `json:"kind"`
+			State     string `json:"state"`
+			Resumable bool   `json:"resumable"`
+		}
+		waitFor(t, 30*time.Second, "create operation journaled with its resume token", func() bool {
+			if d.get(t, "/apiv2/operations/list/", &ops) != nil {
+				return false
+			}
+			return len(ops) > 0 && ops[0].Kind == "create_pool" && ops[0].State == "running" && ops[0].Resumable
+		})
+		d.kill()
+		if n := count(emu.requests(t), "PUT", "/virtualMachineScaleSets/win10x64"); n != 1 {
+			t.Fatalf("scale set PUT %d times before restart, want 1", n)
+		}
+
+		d = startDaemon(t, conf, listen)
+		d.waitReady(t, 10, 90*time.Second)
+		rs := emu.requests(t)
+		if n := count(rs, "PUT", "/virtualMachineScaleSets/win10x64"); n != 1 {
+			t.Fatalf("scale set PUT %d times, want 1: the operation was issued again", n)
+		}
+		if err := d.get(t, "/apiv2/operations/list/", &ops); err != nil {
+			t.Fatal(err)
+		}
+		if len(ops) == 0 || ops[len(ops)-1].Kind != "create_pool" || ops[len(ops)-1].State != "succeeded" {
+			t.Fatalf("create operation after restart: %+v, want succeeded (resumed)", ops)
+		}
+		if !strings.Contains(d.output(), "operation resumed") {
+			t.Errorf("daemon did not log resuming the operation")
+		}
+		if code, out := d.check(t); code != 0 {
+			t.Fatalf("check: exit %d\n%s", code, out)
+		}
+	})
+}
+
+// Instances added and removed behind sandfleet's back are registered and
+// marked gone within a reconcile interval; check reports the drift meanwhile.
+func TestDriftBehindOurBack(t *testing.T) {
+	emu := startEmulator(t, t.TempDir())
+	dir := t.TempDir()
+	conf, listen := writeConfig(t, daemonConfig{DataDir: dir, Emulator: emu, Size: 3, Interval: "3s"})
+	d := startDaemon(t, conf, listen)
+	ready := d.waitReady(t, 3, 60*time.Second)
+
+	victim := slices.Sorted(maps.Keys(ready))[0]
+	id := ready[victim].InstanceID
+	emu.do(t, "DELETE", fmt.Sprintf("/_emulator/scalesets/win10x64/vms/%s", id), nil)
+	if code, out := d.check(t); code != 1 || !strings.Contains(out, victim) {
+		t.Errorf("check right after removal: exit %d, want 1 naming %s\n%s", code, victim, out)
+	}
+	waitFor(t, 10*time.Second, victim+" marked gone", func() bool {
+		var m machine
+		return d.get(t, "/apiv2/machines/view/"+victim+"/", &m) == nil && m.State == "gone"
+	})
+	// The pool is brought back to its size with a new instance.
+	d.waitReady(t, 3, 30*time.Second)
+	waitFor(t, 10*time.Second, "check consistent after removal", func() bool { code, _ := d.check(t); return code == 0 })
+
+	emu.do(t, "POST", "/_emulator/scalesets/win10x64/vms", map[string]any{})
+	d.waitReady(t, 4, 15*time.Second)
+	if code, out := d.check(t); code != 0 {
+		t.Fatalf("check after addition: exit %d\n%s", code, out)
+	}
+}
+
+// With list calls throttled for longer than any SDK retry, the daemon keeps
+// serving its last view, writes nothing to the cloud, logs the throttle once
+// per window, and converges once it ends.
+func TestThrottleKeepsLastView(t *testing.T) {
+	emu := startEmulator(t, t.TempDir())
+	dir := t.TempDir()
+	conf, listen := writeConfig(t, daemonConfig{DataDir: dir, Emulator: emu, Size: 3})
+	d := startDaemon(t, conf, listen)
+	ready := d.waitReady(t, 3, 60*time.Second)
+
+	emu.do(t, "POST", "/_emulator/faults", map[string]any{
+		"throttle": map[string]any{"match": "virtualMachineScaleSets", "retry_after_s": 8},
+	})
+	throttledAt := len(emu.requests(t))
+	// Lose an instance while throttled: capacity drops below the pool's size.
+	victim := slices.Sorted(maps.Keys(ready))[0]
+	emu.do(t, "DELETE", "/_emulator/scalesets/win10x64/vms/"+ready[victim].InstanceID, nil)
+	waitFor(t, 10*time.Second, "throttle noticed", func() bool { return strings.Contains(d.output(), "provider throttled") })
+	if code, out := d.check(t); code != 1 || !strings.Contains(out, "unknown") {
+		t.Errorf("check while throttled: exit %d, want 1 reporting unknown\n%s", code, out)
+	}
+	// The last view stands: three ready machines, the lost one not yet gone.
+	if got := live(d.machines(t)); len(got) != 3 || got[victim].State != "ready" {
+		t.Errorf("while throttled the machine table changed: %v", got)
+	}
+	time.Sleep(3 * time.Second) // let the daemon's own timers fire inside the window
+	for _, r := range emu.requests(t)[throttledAt:] {
+		if r.Method != "GET" {
+			t.Errorf("write sent while throttled: %s %s", r.Method, r.Path)
+		}
+	}
+	emu.do(t, "POST", "/_emulator/faults", map[string]any{"clear": true})
+	waitFor(t, 30*time.Second, victim+" gone after the throttle", func() bool {
+		var m machine
+		return d.get(t, "/apiv2/machines/view/"+victim+"/", &m) == nil && m.State == "gone"
+	})
+	d.waitReady(t, 3, 30*time.Second)
+	waitFor(t, 10*time.Second, "check consistent", func() bool { code, _ := d.check(t); return code == 0 })
+	if n := strings.Count(d.output(), "provider throttled"); n != 1 {
+		t.Errorf("throttle logged %d times in one window, want 1", n)
+	}
+}

@@ -23,7 +23,8 @@ func Open(ctx context.Context, url string) (store.Store, error) {
 	scheme, rest, ok := strings.Cut(url, "://")
 	switch {
 	case !ok:
-		return nil, fmt.Errorf("database %q: want sqlite://PATH or postgres://…", url)
+		// Not echoed: a key=value DSN may hold a password.
+		return nil, fmt.Errorf("database URL has no scheme: want sqlite://PATH or postgres://…")
 	case scheme == "sqlite":
 		s, err = sqlite.Open(ctx, rest)
 	case scheme == "postgres" || scheme == "postgresql":

@@ -1,0 +1,303 @@
+package azure
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
+
+	"github.com/sandfleet/sandfleet/internal/provider"
+)
+
+// defaultRetryAfter is the wait assumed when a 429 names none.
+const defaultRetryAfter = 30 * time.Second
+
+// armError is a Resource Manager error reduced to what a log line needs, still
+// matching its provider sentinel and the SDK's *azcore.ResponseError.
+type armError struct {
+	op       string
+	sentinel error // provider.ErrNotFound etc.; nil if none applies
+	resp     *azcore.ResponseError
+	message  string
+}
+
+func (e *armError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.op)
+	b.WriteString(": ")
+	if e.sentinel != nil {
+		b.WriteString(e.sentinel.Error())
+		b.WriteString(": ")
+	}
+	fmt.Fprintf(&b, "HTTP %d", e.resp.StatusCode)
+	if e.resp.ErrorCode != "" {
+		b.WriteString(" ")
+		b.WriteString(e.resp.ErrorCode)
+	}
+	if e.message != "" {
+		b.WriteString(": ")
+		b.WriteString(e.message)
+	}
+	return b.String()
+}
+
+func (e *armError) Unwrap() []error {
+	if e.sentinel == nil {
+		return []error{e.resp}
+	}
+	return []error{e.sentinel, e.resp}
+}
+
+// mapErr turns an SDK error into one callers can test with errors.Is / As:
+// 429 → *provider.ThrottledError, 404 → ErrNotFound, 412 →
+// ErrPreconditionFailed, code OperationPreempted → ErrPreempted. op names the
+// call and its target ("reimage win10 [3 4]").
+func mapErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if re.StatusCode == http.StatusTooManyRequests {
+		return &provider.ThrottledError{RetryAfter: retryAfter(re.RawResponse), Op: op}
+	}
+	e := &armError{op: op, resp: re, message: errorMessage(re.RawResponse)}
+	switch {
+	case strings.EqualFold(re.ErrorCode, "OperationPreempted"):
+		e.sentinel = provider.ErrPreempted
+	case re.StatusCode == http.StatusNotFound:
+		e.sentinel = provider.ErrNotFound
+	case re.StatusCode == http.StatusPreconditionFailed:
+		e.sentinel = provider.ErrPreconditionFailed
+	}
+	return e
+}
+
+// retryAfter reads Retry-After (seconds or an HTTP date), or the millisecond
+// variants ARM also sends; defaultRetryAfter when none is usable.
+func retryAfter(resp *http.Response) time.Duration {
+	if resp == nil {
+		return defaultRetryAfter
+	}
+	return parseRetryAfter(resp.Header, time.Now())
+}
+
+func parseRetryAfter(h http.Header, now time.Time) time.Duration {
+	for _, name := range []string{"retry-after-ms", "x-ms-retry-after-ms"} {
+		if v := h.Get(name); v != "" {
+			if ms, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && ms > 0 {
+				return time.Duration(ms) * time.Millisecond
+			}
+		}
+	}
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if v == "" {
+		return defaultRetryAfter
+	}
+	if s, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if s <= 0 {
+			return defaultRetryAfter
+		}
+		return time.Duration(s) * time.Second
+	}
+	if at, err := http.ParseTime(v); err == nil {
+		if d := at.Sub(now); d > 0 {
+			return d.Round(time.Second)
+		}
+		// A date in the past: the throttle is over, but do not hammer.
+		return time.Second
+	}
+	return defaultRetryAfter
+}
+
+// errorMessage extracts error.message from an ARM error body, if any.
+func errorMessage(resp *http.Response) string {
+	if resp == nil {
+		return ""
+	}
+	body, err := runtime.Payload(resp)
+	if err != nil || len(body) == 0 {
+		return ""
+	}
+	var e struct {
+		Error struct {
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &e) != nil {
+		return ""
+	}
+	msg := e.Error.Message
+	if len(msg) > 300 {
+		msg = msg[:300] + "…"
+	}
+	return msg
+}
+
+// lro is a begun long-running operation: an SDK poller plus its token,
+// captured when the operation was begun, before any wait.
+type lro[T any] struct {
+	d       *Driver
+	op      string // names the operation in errors and logs
+	token   string
+	resumed bool
+
+	mu     sync.Mutex
+	poller *runtime.Poller[T]
+	done   bool
+	err    error
+}
+
+// newOp wraps a freshly begun (or resumed) poller. A poller already in a
+// terminal state has no token: the operation finished at once.
+func newOp[T any](d *Driver, op string, p *runtime.Poller[T], resumed bool) *lro[T] {
+	o := &lro[T]{d: d, op: op, poller: p, resumed: resumed}
+	if !p.Done() {
+		if tok, err := p.ResumeToken(); err == nil {
+			o.token = tok
+		} else {
+			d.log.Warn("no resume token for operation", "op", op, "err", err)
+		}
+	}
+	return o
+}
+
+func (o *lro[T]) Token() string { return o.token }
+
+func (o *lro[T]) name() string { return o.op }
+
+// Wait polls every PollInterval until the operation ends or ctx is done. A
+// throttle while polling returns a ThrottledError and leaves the Op usable: Wait
+// again after RetryAfter.
+func (o *lro[T]) Wait(ctx context.Context) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.done {
+		return o.err
+	}
+	start := time.Now()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	if !o.poller.Done() {
+		timer.Reset(o.d.poll)
+	}
+	for !o.poller.Done() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: waited %s: %w", o.op, time.Since(start).Round(time.Millisecond), ctx.Err())
+		case <-timer.C:
+		}
+		if _, err := o.poller.Poll(ctx); err != nil {
+			return o.pollErr(ctx, err)
+		}
+		timer.Reset(o.d.poll)
+	}
+	_, err := o.poller.Result(ctx)
+	if err != nil {
+		var re *azcore.ResponseError
+		if !errors.As(err, &re) || re.StatusCode == http.StatusTooManyRequests || ctx.Err() != nil {
+			// Not the operation's outcome: reading it failed; Wait again later.
+			return mapErr(o.op, err)
+		}
+		err = mapErr(o.op, err)
+	}
+	o.done, o.err = true, err
+	o.d.log.Info("operation finished", "op", o.op, "took", time.Since(start).Round(time.Millisecond), "err", err)
+	return err
+}
+
+// pollErr maps an error from polling. The operation's status URL answering
+// 404 means the provider no longer knows the operation: whoever holds the token
+// must re-derive from the resources themselves.
+func (o *lro[T]) pollErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", o.op, ctx.Err())
+	}
+	var re *azcore.ResponseError
+	if errors.As(err, &re) && re.StatusCode == http.StatusNotFound {
+		o.done = true
+		o.err = fmt.Errorf("%s: operation unknown to Azure: %w (%w)", o.op, provider.ErrTokenRejected, mapErr("poll", err))
+		return o.err
+	}
+	return mapErr(o.op, err)
+}
+
+// Resume re-attaches to an operation from its token. A token that does not
+// parse, or that belongs to another kind of operation, is ErrTokenRejected; so
+// is one whose operation Azure no longer knows, from Wait.
+func (d *Driver) Resume(ctx context.Context, kind provider.Kind, token string) (provider.Op, error) {
+	if token == "" {
+		return nil, fmt.Errorf("resume %s: empty token: %w", kind, provider.ErrTokenRejected)
+	}
+	op := "resumed " + string(kind)
+	var (
+		o   provider.Op
+		err error
+	)
+	switch kind {
+	case provider.KindCreateGroup:
+		o, err = resume(d, op, func() (*runtime.Poller[armcompute.VirtualMachineScaleSetsClientCreateOrUpdateResponse], error) {
+			return d.sets.BeginCreateOrUpdate(ctx, d.rg, "resumed", armcompute.VirtualMachineScaleSet{},
+				&armcompute.VirtualMachineScaleSetsClientBeginCreateOrUpdateOptions{ResumeToken: token})
+		})
+	case provider.KindDeleteGroup:
+		o, err = resume(d, op, func() (*runtime.Poller[armcompute.VirtualMachineScaleSetsClientDeleteResponse], error) {
+			return d.sets.BeginDelete(ctx, d.rg, "resumed",
+				&armcompute.VirtualMachineScaleSetsClientBeginDeleteOptions{ResumeToken: token})
+		})
+	case provider.KindUpdateGroup, provider.KindCapacity:
+		o, err = resume(d, op, func() (*runtime.Poller[armcompute.VirtualMachineScaleSetsClientUpdateResponse], error) {
+			return d.sets.BeginUpdate(ctx, d.rg, "resumed", armcompute.VirtualMachineScaleSetUpdate{},
+				&armcompute.VirtualMachineScaleSetsClientBeginUpdateOptions{ResumeToken: token})
+		})
+	case provider.KindReimage:
+		o, err = resume(d, op, func() (*runtime.Poller[armcompute.VirtualMachineScaleSetsClientReimageResponse], error) {
+			return d.sets.BeginReimage(ctx, d.rg, "resumed",
+				&armcompute.VirtualMachineScaleSetsClientBeginReimageOptions{ResumeToken: token})
+		})
+	case provider.KindDelete:
+		o, err = resume(d, op, func() (*runtime.Poller[armcompute.VirtualMachineScaleSetsClientDeleteInstancesResponse], error) {
+			return d.sets.BeginDeleteInstances(ctx, d.rg, "resumed", armcompute.VirtualMachineScaleSetVMInstanceRequiredIDs{},
+				&armcompute.VirtualMachineScaleSetsClientBeginDeleteInstancesOptions{ResumeToken: token})
+		})
+	default:
+		return nil, fmt.Errorf("resume: unknown operation kind %q: %w", kind, provider.ErrTokenRejected)
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.log.Info("operation resumed", "op", op)
+	return o, nil
+}
+
+func resume[T any](d *Driver, op string, begin func() (*runtime.Poller[T], error)) (provider.Op, error) {
+	p, err := begin()
+	if err != nil {
+		// With a token the SDK makes no call: any error is the token's.
+		return nil, fmt.Errorf("%s: %w: %v", op, provider.ErrTokenRejected, err)
+	}
+	o := newOp(d, op, p, true)
+	// The caller already holds the token; keep handing back the same one.
+	return o, nil
+}
+
+// deref returns *p, or the zero value for nil: the SDK's models are all
+// pointers.
+func deref[T any](p *T) T {
+	if p == nil {
+		var zero T
+		return zero
+	}
+	return *p
+}

@@ -1,0 +1,63 @@
+package open_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sandfleet/sandfleet/internal/store"
+	"github.com/sandfleet/sandfleet/internal/store/open"
+	"github.com/sandfleet/sandfleet/internal/store/postgres/pgtest"
+)
+
+// opened checks that url opens a migrated store of the given dialect.
+func opened(t *testing.T, url, dialect string) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := open.Open(ctx, url)
+	if err != nil {
+		t.Fatalf("Open(%s): %v", url, err)
+	}
+	defer s.Close()
+	if s.Dialect() != dialect {
+		t.Errorf("Open(%s) is %s, want %s", url, s.Dialect(), dialect)
+	}
+	if _, err := s.InsertMachines(ctx, []store.Machine{{Label: "m", State: store.Ready}}, "test"); err != nil {
+		t.Errorf("Open(%s) did not leave a migrated database: %v", url, err)
+	}
+}
+
+func TestOpenSQLite(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	opened(t, "sqlite://rel/dir/a.db", "sqlite")
+	if _, err := os.Stat(filepath.Join(dir, "rel", "dir", "a.db")); err != nil {
+		t.Errorf("relative path: %v", err)
+	}
+	abs := filepath.Join(t.TempDir(), "sub", "b.db")
+	opened(t, "sqlite://"+abs, "sqlite")
+	if _, err := os.Stat(abs); err != nil {
+		t.Errorf("absolute path: %v", err)
+	}
+}
+
+func TestOpenPostgres(t *testing.T) {
+	opened(t, pgtest.NewDatabase(t), "postgres")
+	opened(t, "postgresql"+strings.TrimPrefix(pgtest.NewDatabase(t), "postgres"), "postgres")
+}
+
+func TestOpenBadURL(t *testing.T) {
+	for url, want := range map[string]string{
+		"mysql://root@host/db":             `"mysql"`,
+		"host=db user=x password=secret":   "no scheme",
+		"sqlite://":                        "empty",
+		"postgres://root@127.0.0.1:1/none": "127.0.0.1:1",
+	} {
+		_, err := open.Open(context.Background(), url)
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "secret") {
+			t.Errorf("Open(%q) = %v, want an error naming %s", url, err, want)
+		}
+	}
+}

@@ -21,20 +21,19 @@ var machineColumns = []string{"id", "name", "label", "pool", "instance_id", "arc
 	"state_changed_on", "locked_changed_on", "quarantine_reason", "version", "created_at"}
 
 var (
-	machineReturning = strings.Join(machineColumns, ", ")
+	// machineReturning ends in a ? for tagSep.
+	machineReturning = strings.Join(machineColumns, ", ") + ", " + tagsOf("machine_tags", "machine_id", "machines.id")
 	machineInsert    = `INSERT INTO machines (` + strings.Join(machineColumns[1:], ", ") + `) VALUES `
-	// machineQuery yields one row per tag (or one with a NULL tag), so that a
-	// list of any length costs one round trip; callers append WHERE and ORDER
-	// BY m.id, t.pos.
-	machineQuery = `SELECT m.` + strings.Join(machineColumns, ", m.") + `, t.tag
-		FROM machines m LEFT JOIN machine_tags t ON t.machine_id = m.id`
+	// machineQuery starts with a ? for tagSep; callers append WHERE and ORDER BY.
+	machineQuery = `SELECT m.` + strings.Join(machineColumns, ", m.") + `, ` +
+		tagsOf("machine_tags", "machine_id", "m.id") + ` FROM machines m`
 )
 
 func machineDest(m *store.Machine) []any {
 	return []any{&m.ID, &m.Name, &m.Label, &m.Pool, &m.InstanceID, &m.Arch, &m.IP, &m.Platform,
 		&m.Interface, &m.Snapshot, &m.ResultServerIP, &m.ResultServerPort, &m.Reserved, &m.State,
 		timeDest{&m.StateChangedOn}, timeDest{&m.LockedChangedOn}, &m.QuarantineReason, &m.Version,
-		timeDest{&m.CreatedAt}}
+		timeDest{&m.CreatedAt}, tagsDest{&m.Tags}}
 }
 
 // machineArgs are m's values for machineInsert, in machineColumns[1:]'s order.
@@ -67,8 +66,11 @@ func (s *Store) InsertMachines(ctx context.Context, ms []store.Machine, cause st
 		if m.Name == "" {
 			m.Name = m.Label
 		}
+		var err error
+		if m.Tags, err = cleanTags(m.Tags); err != nil {
+			return nil, fmt.Errorf("insert machines: %q: %w", m.Label, err)
+		}
 		m.ID, m.Version = 0, 1
-		m.Tags = uniq(m.Tags)
 		if m.CreatedAt = norm(m.CreatedAt); m.CreatedAt.IsZero() {
 			m.CreatedAt = now
 		}
@@ -157,7 +159,7 @@ func (c conn) insertValues(ctx context.Context, prefix string, cols int, args []
 
 // GetMachine reads one machine by label.
 func (s *Store) GetMachine(ctx context.Context, label string) (store.Machine, error) {
-	ms, err := s.machines(ctx, machineQuery+` WHERE m.label = ? ORDER BY m.id, t.pos`, label)
+	ms, err := s.machines(ctx, machineQuery+` WHERE m.label = ?`, tagSep, label)
 	if err == nil && len(ms) == 0 {
 		err = store.ErrNotFound
 	}
@@ -170,7 +172,7 @@ func (s *Store) GetMachine(ctx context.Context, label string) (store.Machine, er
 // ListMachines lists the machines f selects, by id, in one round trip.
 func (s *Store) ListMachines(ctx context.Context, f store.MachineFilter) ([]store.Machine, error) {
 	var where []string
-	var args []any
+	args := []any{tagSep}
 	if f.Pool != "" {
 		where = append(where, `m.pool = ?`)
 		args = append(args, f.Pool)
@@ -185,14 +187,14 @@ func (s *Store) ListMachines(ctx context.Context, f store.MachineFilter) ([]stor
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, ` AND `)
 	}
-	ms, err := s.machines(ctx, q+` ORDER BY m.id, t.pos`, args...)
+	ms, err := s.machines(ctx, q+` ORDER BY m.id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list machines: %w", err)
 	}
 	return ms, nil
 }
 
-// machines runs a machineQuery: a machine's rows are adjacent, one per tag.
+// machines runs a machineQuery.
 func (s *Store) machines(ctx context.Context, query string, args ...any) ([]store.Machine, error) {
 	rows, err := s.read().query(ctx, query, args...)
 	if err != nil {
@@ -202,52 +204,12 @@ func (s *Store) machines(ctx context.Context, query string, args ...any) ([]stor
 	var ms []store.Machine
 	for rows.Next() {
 		var m store.Machine
-		var tag sql.NullString
-		if err := rows.Scan(append(machineDest(&m), &tag)...); err != nil {
+		if err := rows.Scan(machineDest(&m)...); err != nil {
 			return nil, err
 		}
-		if n := len(ms); n == 0 || ms[n-1].ID != m.ID {
-			ms = append(ms, m)
-		}
-		if tag.Valid {
-			last := &ms[len(ms)-1]
-			last.Tags = append(last.Tags, tag.String)
-		}
+		ms = append(ms, m)
 	}
 	return ms, rows.Err()
-}
-
-// loadTags fills in the tags of ms with one query per maxParams machines.
-func (s *Store) loadTags(ctx context.Context, c conn, ms []*store.Machine) error {
-	byID := make(map[int64]*store.Machine, len(ms))
-	ids := make([]any, 0, len(ms))
-	for _, m := range ms {
-		m.Tags = nil
-		byID[m.ID] = m
-		ids = append(ids, m.ID)
-	}
-	for lo := 0; lo < len(ids); lo += maxParams {
-		chunk := ids[lo:min(lo+maxParams, len(ids))]
-		rows, err := c.query(ctx, `SELECT machine_id, tag FROM machine_tags WHERE machine_id IN (`+
-			strings.TrimSuffix(strings.Repeat("?, ", len(chunk)), ", ")+`) ORDER BY machine_id, pos`, chunk...)
-		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			var id int64
-			var tag string
-			if err := rows.Scan(&id, &tag); err != nil {
-				rows.Close()
-				return err
-			}
-			byID[id].Tags = append(byID[id].Tags, tag)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func checkTransition(t store.Transition) error {
@@ -271,7 +233,7 @@ func (s *Store) TransitionMachine(ctx context.Context, t store.Transition) (stor
 		if m == nil {
 			return s.whyNot(ctx, c, t)
 		}
-		return s.loadTags(ctx, c, []*store.Machine{m})
+		return nil
 	})
 	if err != nil {
 		return store.Machine{}, fmt.Errorf("transition %s %s→%s: %w", t.Label, t.From, t.To, err)
@@ -293,18 +255,14 @@ func (s *Store) TransitionMachines(ctx context.Context, ts []store.Transition) (
 	}
 	err := s.write(ctx, func(c conn) error {
 		now := s.stamp()
-		var done []*store.Machine
 		for i, t := range ts {
 			m, err := s.transition(ctx, c, t, now)
 			if err != nil {
 				return fmt.Errorf("%s %s→%s: %w", t.Label, t.From, t.To, err)
 			}
-			if m != nil {
-				out[i] = m
-				done = append(done, m)
-			}
+			out[i] = m
 		}
-		return s.loadTags(ctx, c, done)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("transition machines: %w", err)
@@ -313,7 +271,7 @@ func (s *Store) TransitionMachines(ctx context.Context, ts []store.Transition) (
 }
 
 // transition runs t's compare-and-set in c and records its event. It returns
-// the new row without tags, or nil when no row was in t.From (at t.Version).
+// the new row, or nil when no row was in t.From (at t.Version).
 func (s *Store) transition(ctx context.Context, c conn, t store.Transition, now time.Time) (*store.Machine, error) {
 	set := []string{`state = ?`, `version = version + 1`}
 	args := []any{t.To}
@@ -343,7 +301,7 @@ func (s *Store) transition(ctx context.Context, c conn, t store.Transition, now 
 		args = append(args, t.Version)
 	}
 	var m store.Machine
-	err := c.queryRow(ctx, q+` RETURNING `+machineReturning, args...).Scan(machineDest(&m)...)
+	err := c.queryRow(ctx, q+` RETURNING `+machineReturning, append(args, tagSep)...).Scan(machineDest(&m)...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}

@@ -2,7 +2,6 @@ package sqlstore
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 
 	"github.com/sandfleet/sandfleet/internal/store"
@@ -13,7 +12,11 @@ func (s *Store) UpsertPool(ctx context.Context, p store.Pool) error {
 	if p.Name == "" {
 		return fmt.Errorf("upsert pool: empty name")
 	}
-	err := s.write(ctx, func(c conn) error {
+	tags, err := cleanTags(p.Tags)
+	if err != nil {
+		return fmt.Errorf("upsert pool %q: %w", p.Name, err)
+	}
+	err = s.write(ctx, func(c conn) error {
 		_, err := c.exec(ctx, `INSERT INTO pools
 			(name, provider, platform, arch, image, initial_size, max_size, reserved, updated_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -28,7 +31,6 @@ func (s *Store) UpsertPool(ctx context.Context, p store.Pool) error {
 		if _, err := c.exec(ctx, `DELETE FROM pool_tags WHERE pool = ?`, p.Name); err != nil {
 			return err
 		}
-		tags := uniq(p.Tags)
 		if len(tags) == 0 {
 			return nil
 		}
@@ -45,13 +47,13 @@ func (s *Store) UpsertPool(ctx context.Context, p store.Pool) error {
 	return nil
 }
 
-const poolQuery = `SELECT p.name, p.provider, p.platform, p.arch, p.image, p.initial_size, p.max_size,
-	p.reserved, p.updated_at, t.tag
-	FROM pools p LEFT JOIN pool_tags t ON t.pool = p.name`
+// poolQuery starts with a ? for tagSep; callers append WHERE and ORDER BY.
+var poolQuery = `SELECT p.name, p.provider, p.platform, p.arch, p.image, p.initial_size, p.max_size,
+	p.reserved, p.updated_at, ` + tagsOf("pool_tags", "pool", "p.name") + ` FROM pools p`
 
 // GetPool reads one pool.
 func (s *Store) GetPool(ctx context.Context, name string) (store.Pool, error) {
-	ps, err := s.pools(ctx, poolQuery+` WHERE p.name = ? ORDER BY t.pos`, name)
+	ps, err := s.pools(ctx, poolQuery+` WHERE p.name = ?`, tagSep, name)
 	if err == nil && len(ps) == 0 {
 		err = store.ErrNotFound
 	}
@@ -63,14 +65,13 @@ func (s *Store) GetPool(ctx context.Context, name string) (store.Pool, error) {
 
 // ListPools lists every pool by name.
 func (s *Store) ListPools(ctx context.Context) ([]store.Pool, error) {
-	ps, err := s.pools(ctx, poolQuery+` ORDER BY p.name, t.pos`)
+	ps, err := s.pools(ctx, poolQuery+` ORDER BY p.name`, tagSep)
 	if err != nil {
 		return nil, fmt.Errorf("list pools: %w", err)
 	}
 	return ps, nil
 }
 
-// pools runs a pool query: one row per tag, a pool's rows adjacent.
 func (s *Store) pools(ctx context.Context, query string, args ...any) ([]store.Pool, error) {
 	rows, err := s.read().query(ctx, query, args...)
 	if err != nil {
@@ -80,18 +81,11 @@ func (s *Store) pools(ctx context.Context, query string, args ...any) ([]store.P
 	var ps []store.Pool
 	for rows.Next() {
 		var p store.Pool
-		var tag sql.NullString
 		if err := rows.Scan(&p.Name, &p.Provider, &p.Platform, &p.Arch, &p.Image, &p.InitialSize,
-			&p.MaxSize, &p.Reserved, timeDest{&p.UpdatedAt}, &tag); err != nil {
+			&p.MaxSize, &p.Reserved, timeDest{&p.UpdatedAt}, tagsDest{&p.Tags}); err != nil {
 			return nil, err
 		}
-		if n := len(ps); n == 0 || ps[n-1].Name != p.Name {
-			ps = append(ps, p)
-		}
-		if tag.Valid {
-			last := &ps[len(ps)-1]
-			last.Tags = append(last.Tags, tag.String)
-		}
+		ps = append(ps, p)
 	}
 	return ps, rows.Err()
 }

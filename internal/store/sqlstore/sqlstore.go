@@ -203,17 +203,47 @@ func (d timeDest) parse(v string) error {
 	return nil
 }
 
-// uniq drops empty and repeated strings, keeping first occurrences in order.
-func uniq(ss []string) []string {
+// tagSep joins a row's tags into one column, so that a list of rows with
+// their tags is one query and one row per item. No tag may contain it.
+const tagSep = "\x1f"
+
+// tagsOf is a scalar subquery aggregating, in order, the tags in table whose
+// key column equals ref. Its one placeholder takes tagSep.
+func tagsOf(table, key, ref string) string {
+	return `(SELECT string_agg(t.tag, ? ORDER BY t.pos) FROM ` + table + ` t WHERE t.` + key + ` = ` + ref + `)`
+}
+
+// tagsDest scans a tagsOf column.
+type tagsDest struct{ tags *[]string }
+
+func (d tagsDest) Scan(v any) error {
+	switch v := v.(type) {
+	case nil:
+		*d.tags = nil
+	case string:
+		*d.tags = strings.Split(v, tagSep)
+	case []byte:
+		*d.tags = strings.Split(string(v), tagSep)
+	default:
+		return fmt.Errorf("scan tags: unexpected %T", v)
+	}
+	return nil
+}
+
+// cleanTags drops empty and repeated tags, keeping first occurrences in order.
+func cleanTags(in []string) ([]string, error) {
 	var out []string
-	seen := make(map[string]bool, len(ss))
-	for _, s := range ss {
-		if s != "" && !seen[s] {
-			seen[s] = true
-			out = append(out, s)
+	seen := make(map[string]bool, len(in))
+	for _, tag := range in {
+		if strings.Contains(tag, tagSep) {
+			return nil, fmt.Errorf("tag %q holds a control character", tag)
+		}
+		if tag != "" && !seen[tag] {
+			seen[tag] = true
+			out = append(out, tag)
 		}
 	}
-	return out
+	return out, nil
 }
 
 // migration is one numbered file of the embedded migrations.

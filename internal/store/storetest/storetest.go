@@ -276,7 +276,8 @@ func testInsertAndList(t *testing.T, open func(t *testing.T) store.Store) {
 	if _, err := s.MachineEvents(ctx, "zz"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("MachineEvents(missing) = %v, want ErrNotFound", err)
 	}
-	for _, bad := range []store.Machine{{State: store.Ready}, {Label: "nostate"}} {
+	for _, bad := range []store.Machine{{State: store.Ready}, {Label: "nostate"},
+		{Label: "badtag", State: store.Ready, Tags: []string{"a\x1fb"}}} {
 		if _, err := s.InsertMachines(ctx, []store.Machine{bad}, "test"); err == nil {
 			t.Errorf("InsertMachines(%+v) succeeded", bad)
 		}

@@ -53,6 +53,7 @@ func TestOpenBadURL(t *testing.T) {
 		"mysql://root@host/db":             `"mysql"`,
 		"host=db user=x password=secret":   "no scheme",
 		"sqlite://":                        "empty",
+		"sqlite://:memory:":                "file path",
 		"postgres://root@127.0.0.1:1/none": "127.0.0.1:1",
 	} {
 		_, err := open.Open(context.Background(), url)

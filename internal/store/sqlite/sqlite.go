@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"modernc.org/sqlite"
@@ -38,8 +39,14 @@ var dialect = sqlstore.Dialect{
 // Open opens (creating it and its directory if need be) the SQLite database at
 // path. It does not migrate; call Migrate.
 func Open(ctx context.Context, path string) (store.Store, error) {
-	if path == "" {
+	switch {
+	case path == "":
 		return nil, errors.New("sqlite: empty database path")
+	case path == ":memory:" || strings.HasPrefix(path, "file:"):
+		// Each pooled connection would see its own in-memory database.
+		return nil, fmt.Errorf("sqlite %s: want a file path", path)
+	case strings.ContainsAny(path, "?#"):
+		return nil, fmt.Errorf("sqlite %s: the path may not hold ? or #", path)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("sqlite %s: %w", path, err)

@@ -1,0 +1,938 @@
+package azemu
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Limits ARM enforces on scale sets.
+const maxCapacity = 1000
+
+// reply is a response computed under e.mu and written after it is released
+// (and after the change it acknowledges is on disk).
+type reply struct {
+	status  int
+	body    []byte
+	op      *operation
+	etag    string
+	errCode string
+	errMsg  string
+}
+
+func errReply(status int, code, msg string) reply {
+	return reply{status: status, errCode: code, errMsg: msg}
+}
+
+// locked runs fn under e.mu after ending due operations, then makes the
+// changes durable and the agents current, so that what the reply
+// acknowledges has happened.
+func (e *Emulator) locked(fn func(now time.Time)) error {
+	now := time.Now()
+	e.mu.Lock()
+	e.settleLocked(now)
+	fn(now)
+	gen := e.gen
+	if gen != e.saved {
+		e.wake()
+	}
+	e.mu.Unlock()
+	err := e.commit(gen)
+	if err != nil {
+		e.log.Error("write state", "err", err)
+	}
+	e.syncAgents()
+	return err
+}
+
+// send writes a reply.
+func (e *Emulator) send(w http.ResponseWriter, r *http.Request, rep reply, stateErr error) {
+	if stateErr != nil {
+		armError(w, http.StatusInternalServerError, "InternalServerError", "The emulator could not save its state: "+stateErr.Error())
+		return
+	}
+	if rep.errCode != "" {
+		armError(w, rep.status, rep.errCode, rep.errMsg)
+		return
+	}
+	if rep.op != nil {
+		setOpHeaders(w, r, rep.op)
+	}
+	if rep.etag != "" {
+		w.Header().Set("ETag", rep.etag)
+	}
+	if rep.body == nil {
+		w.WriteHeader(rep.status)
+		return
+	}
+	writeRaw(w, rep.status, rep.body)
+}
+
+func notFoundSet(rg, name string) reply {
+	return errReply(http.StatusNotFound, "ResourceNotFound", fmt.Sprintf(
+		"The Resource 'Microsoft.Compute/virtualMachineScaleSets/%s' under resource group '%s' was not found.", name, rg))
+}
+
+func parentNotFound(name string) reply {
+	return errReply(http.StatusNotFound, "ParentResourceNotFound", fmt.Sprintf(
+		"Can not perform requested operation on nested resource. Parent resource '%s' not found.", name))
+}
+
+func notFoundVM(rg, name, id string) reply {
+	return errReply(http.StatusNotFound, "ResourceNotFound", fmt.Sprintf(
+		"The Resource 'Microsoft.Compute/virtualMachineScaleSets/%s/virtualMachines/%s' under resource group '%s' was not found.", name, id, rg))
+}
+
+func conflictDeleting(name string) reply {
+	return errReply(http.StatusConflict, "OperationNotAllowed", fmt.Sprintf(
+		"The operation is not allowed because scale set '%s' is being deleted.", name))
+}
+
+// preconditionFailed checks If-Match and If-None-Match against s (nil when
+// absent).
+func preconditionFailed(r *http.Request, s *scaleSet) (reply, bool) {
+	cur := ""
+	if s != nil {
+		cur = s.etag()
+	}
+	if im := r.Header.Get("If-Match"); im != "" {
+		if s == nil || !etagMatches(im, cur) {
+			return errReply(http.StatusPreconditionFailed, "PreconditionFailed",
+				"The specified precondition 'If-Match: "+im+"' failed; the current ETag is '"+cur+"'."), true
+		}
+	}
+	if inm := r.Header.Get("If-None-Match"); inm != "" && s != nil && etagMatches(inm, cur) {
+		return errReply(http.StatusPreconditionFailed, "PreconditionFailed",
+			"The specified precondition 'If-None-Match: "+inm+"' failed; the resource exists."), true
+	}
+	return reply{}, false
+}
+
+// etagMatches compares an If-Match / If-None-Match list with an ETag,
+// ignoring weakness and quotes.
+func etagMatches(header, etag string) bool {
+	norm := func(s string) string {
+		s = strings.TrimSpace(s)
+		s = strings.TrimPrefix(s, "W/")
+		return strings.Trim(s, `"`)
+	}
+	for _, h := range strings.Split(header, ",") {
+		if strings.TrimSpace(h) == "*" || norm(h) == norm(etag) {
+			return true
+		}
+	}
+	return false
+}
+
+// parsedSet is the client's part of a scale-set body.
+type parsedSet struct {
+	location string
+	tags     map[string]any
+	hasTags  bool
+	sku      map[string]any // without capacity
+	hasSKU   bool
+	capacity int
+	hasCap   bool
+	model    map[string]any
+}
+
+// Keys of a resource body that ARM computes, or that the emulator keeps
+// outside the model.
+var computedKeys = map[string]bool{"id": true, "name": true, "type": true, "etag": true,
+	"location": true, "tags": true, "sku": true}
+
+func parseSetBody(body []byte) (parsedSet, *reply) {
+	var in map[string]any
+	if err := json.Unmarshal(body, &in); err != nil || in == nil {
+		r := errReply(http.StatusBadRequest, "InvalidRequestContent", "The request content was invalid and could not be deserialized.")
+		return parsedSet{}, &r
+	}
+	p := parsedSet{model: map[string]any{}}
+	p.location, _ = in["location"].(string)
+	if t, ok := in["tags"]; ok {
+		p.hasTags = true
+		p.tags, _ = t.(map[string]any)
+	}
+	if sk, ok := in["sku"].(map[string]any); ok {
+		p.hasSKU = true
+		p.sku = map[string]any{}
+		for k, v := range sk {
+			if k != "capacity" {
+				p.sku[k] = v
+			}
+		}
+		if c, ok := sk["capacity"]; ok && c != nil {
+			f, ok := c.(float64)
+			if !ok || f != float64(int(f)) || f < 0 || f > maxCapacity {
+				r := errReply(http.StatusBadRequest, "InvalidParameter", fmt.Sprintf(
+					"The value %v of parameter 'sku.capacity' is not valid: it must be an integer from 0 to %d.", c, maxCapacity))
+				return parsedSet{}, &r
+			}
+			p.capacity, p.hasCap = int(f), true
+		}
+	}
+	if props, ok := in["properties"]; ok && props != nil {
+		if _, ok := props.(map[string]any); !ok {
+			r := errReply(http.StatusBadRequest, "InvalidRequestContent", "'properties' must be an object.")
+			return parsedSet{}, &r
+		}
+	}
+	for k, v := range in {
+		if !computedKeys[k] {
+			p.model[k] = v
+		}
+	}
+	return p, nil
+}
+
+// mergePatch applies an ARM PATCH (JSON merge patch: objects merge, null
+// removes, anything else replaces) without modifying dst.
+func mergePatch(dst, patch map[string]any) map[string]any {
+	out := make(map[string]any, len(dst)+len(patch))
+	for k, v := range dst {
+		out[k] = v
+	}
+	for k, pv := range patch {
+		if pv == nil {
+			delete(out, k)
+			continue
+		}
+		if pm, ok := pv.(map[string]any); ok {
+			if dm, ok := out[k].(map[string]any); ok {
+				out[k] = mergePatch(dm, pm)
+				continue
+			}
+		}
+		out[k] = pv
+	}
+	return out
+}
+
+// dig walks nested JSON objects.
+func dig(v any, keys ...string) any {
+	for _, k := range keys {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[k]
+	}
+	return v
+}
+
+func imageReference(model map[string]any) map[string]any {
+	m, _ := dig(model, "properties", "virtualMachineProfile", "storageProfile", "imageReference").(map[string]any)
+	return m
+}
+
+func validSetName(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// --- scale sets ---
+
+func (e *Emulator) handleListSets(w http.ResponseWriter, r *http.Request, sub, rg string) {
+	var rep reply
+	err := e.locked(func(now time.Time) {
+		prefix := setKey(sub, rg, "")
+		var keys []string
+		for k := range e.st.sets {
+			if strings.HasPrefix(k, prefix) {
+				keys = append(keys, k)
+			}
+		}
+		slices.Sort(keys)
+		from, to, next := page(r, keys, e.opts.PageSize)
+		items := make([]json.RawMessage, 0, to-from)
+		for _, k := range keys[from:to] {
+			s := e.st.sets[k]
+			items = append(items, mustJSON(e.renderSet(s, s.State)))
+		}
+		rep = reply{status: http.StatusOK, body: listBody(items, next)}
+	})
+	e.send(w, r, rep, err)
+}
+
+func (e *Emulator) handleGetSet(w http.ResponseWriter, r *http.Request, sub, rg, name string) {
+	var rep reply
+	err := e.locked(func(now time.Time) {
+		s := e.st.sets[setKey(sub, rg, name)]
+		if s == nil {
+			rep = notFoundSet(rg, name)
+			return
+		}
+		rep = reply{status: http.StatusOK, body: mustJSON(e.renderSet(s, s.State)), etag: s.etag()}
+	})
+	e.send(w, r, rep, err)
+}
+
+func (e *Emulator) handlePutSet(w http.ResponseWriter, r *http.Request, sub, rg, name string, body []byte) {
+	if !validSetName(name) {
+		armError(w, http.StatusBadRequest, "InvalidParameter", "The scale set name '"+name+"' is not valid.")
+		return
+	}
+	in, bad := parseSetBody(body)
+	if bad != nil {
+		e.send(w, r, *bad, nil)
+		return
+	}
+	if in.location == "" {
+		armError(w, http.StatusBadRequest, "LocationRequired", "The location property is required for this definition.")
+		return
+	}
+	var rep reply
+	err := e.locked(func(now time.Time) {
+		s := e.st.sets[setKey(sub, rg, name)]
+		if pf, failed := preconditionFailed(r, s); failed {
+			rep = pf
+			return
+		}
+		if s != nil && s.State == stDeleting {
+			rep = conflictDeleting(name)
+			return
+		}
+		if s != nil {
+			if o := e.preemptLocked(opPutSet, s, now); o != nil {
+				rep = reply{status: http.StatusOK, body: mustJSON(e.renderSet(s, stUpdating)), op: o, etag: s.etag()}
+				return
+			}
+		}
+		created := s == nil
+		capacity := in.capacity
+		if !in.hasCap && !created {
+			capacity = s.Capacity
+		}
+		active := 0
+		if !created {
+			active = len(s.activeVMs())
+		}
+		if need := capacity - active; need > 0 && uint32(need) > e.st.ips.free() {
+			rep = errReply(http.StatusBadRequest, "SubnetIsFull", fmt.Sprintf(
+				"The emulator's address block %s has %d free addresses; %d are needed.", e.st.ips.prefix, e.st.ips.free(), need))
+			return
+		}
+		if created {
+			s = &scaleSet{Sub: sub, RG: rg, Name: name, UniqueID: newID(), Created: now, VMs: map[int]*vm{}}
+			e.st.sets[s.key()] = s
+			s.State = stCreating
+		} else {
+			s.State = stUpdating
+		}
+		if created || !reflect.DeepEqual(s.Model, in.model) {
+			s.ModelGen++
+		}
+		s.Location, s.Tags, s.SKU, s.Model = in.location, in.tags, in.sku, in.model
+		s.ETag++
+		o := e.beginOpLocked(opPutSet, s, now)
+		s.StateOp = o.ID
+		e.scaleLocked(s, capacity, o, now)
+		status := http.StatusOK
+		if created {
+			status = http.StatusCreated
+		}
+		rep = reply{status: status, body: mustJSON(e.renderSet(s, s.State)), op: o, etag: s.etag()}
+	})
+	e.send(w, r, rep, err)
+}
+
+func (e *Emulator) handlePatchSet(w http.ResponseWriter, r *http.Request, sub, rg, name string, body []byte) {
+	in, bad := parseSetBody(body)
+	if bad != nil {
+		e.send(w, r, *bad, nil)
+		return
+	}
+	var rep reply
+	err := e.locked(func(now time.Time) {
+		s := e.st.sets[setKey(sub, rg, name)]
+		if s == nil {
+			rep = notFoundSet(rg, name)
+			return
+		}
+		if pf, failed := preconditionFailed(r, s); failed {
+			rep = pf
+			return
+		}
+		if s.State == stDeleting {
+			rep = conflictDeleting(name)
+			return
+		}
+		if o := e.preemptLocked(opPatchSet, s, now); o != nil {
+			rep = reply{status: http.StatusOK, body: mustJSON(e.renderSet(s, stUpdating)), op: o, etag: s.etag()}
+			return
+		}
+		capacity := s.Capacity
+		if in.hasCap {
+			capacity = in.capacity
+		}
+		if need := capacity - len(s.activeVMs()); need > 0 && uint32(need) > e.st.ips.free() {
+			rep = errReply(http.StatusBadRequest, "SubnetIsFull", fmt.Sprintf(
+				"The emulator's address block %s has %d free addresses; %d are needed.", e.st.ips.prefix, e.st.ips.free(), need))
+			return
+		}
+		if in.hasSKU {
+			s.SKU = mergePatch(s.SKU, in.sku)
+		}
+		if in.hasTags {
+			s.Tags = in.tags
+		}
+		if model := mergePatch(s.Model, in.model); !reflect.DeepEqual(model, s.Model) {
+			s.Model = model
+			s.ModelGen++
+		}
+		s.ETag++
+		s.State = stUpdating
+		o := e.beginOpLocked(opPatchSet, s, now)
+		s.StateOp = o.ID
+		e.scaleLocked(s, capacity, o, now)
+		rep = reply{status: http.StatusOK, body: mustJSON(e.renderSet(s, s.State)), op: o, etag: s.etag()}
+	})
+	e.send(w, r, rep, err)
+}
+
+func (e *Emulator) handleDeleteSet(w http.ResponseWriter, r *http.Request, sub, rg, name string) {
+	var rep reply
+	err := e.locked(func(now time.Time) {
+		s := e.st.sets[setKey(sub, rg, name)]
+		if s == nil {
+			rep = reply{status: http.StatusNoContent}
+			return
+		}
+		if o := e.preemptLocked(opDeleteSet, s, now); o != nil {
+			rep = reply{status: http.StatusAccepted, op: o}
+			return
+		}
+		o := e.beginOpLocked(opDeleteSet, s, now)
+		s.State, s.StateOp = stDeleting, o.ID
+		for _, v := range s.VMs {
+			v.State, v.Power, v.Op, v.PowerGoal = stDeleting, pwStopping, o.ID, ""
+		}
+		rep = reply{status: http.StatusAccepted, op: o}
+	})
+	e.send(w, r, rep, err)
+}
+
+// scaleLocked sets s's capacity: new VMs (new, increasing instance ids) are
+// created, or the newest are deleted, under operation o.
+func (e *Emulator) scaleLocked(s *scaleSet, capacity int, o *operation, now time.Time) {
+	s.Capacity = capacity
+	active := s.activeVMs()
+	for i := len(active); i < capacity; i++ {
+		v := e.newVMLocked(s, o.ID, now)
+		if v.FailProv && o.FailCode == "" {
+			o.FailCode = codeOSProvisioningTimeout
+			o.FailMsg = fmt.Sprintf("OS Provisioning for VM '%s' did not finish in the allotted time. The VM may still finish provisioning successfully.", s.vmName(v.ID))
+		}
+	}
+	if len(active) > capacity {
+		for _, v := range active[capacity:] {
+			v.State, v.Power, v.Op, v.PowerGoal = stDeleting, pwStopping, o.ID, ""
+		}
+	}
+}
+
+// newVMLocked adds a VM, Creating, owned by operation opID ("" for one that
+// is provisioned at once).
+func (e *Emulator) newVMLocked(s *scaleSet, opID string, now time.Time) *vm {
+	id := s.NextID
+	s.NextID++
+	v := &vm{
+		ID: id, VMID: newID(), IP: e.st.ips.alloc(),
+		State: stCreating, Power: pwStarting, Op: opID,
+		ModelGen: s.ModelGen, Image: imageReference(s.Model), Size: skuName(s),
+		Tags: s.Tags, Created: now,
+	}
+	if e.faults.FailProvisioning > 0 {
+		e.faults.FailProvisioning--
+		v.FailProv = true
+	}
+	s.VMs[id] = v
+	e.gen++
+	return v
+}
+
+func skuName(s *scaleSet) string {
+	n, _ := s.SKU["name"].(string)
+	return n
+}
+
+// --- actions on a scale set's instances ---
+
+// instanceIDs is the body of delete/reimage/restart… on a scale set.
+type instanceIDs struct {
+	InstanceIDs []string `json:"instanceIds"`
+}
+
+func (e *Emulator) handleSetAction(w http.ResponseWriter, r *http.Request, sub, rg, name, action string, body []byte) {
+	var in instanceIDs
+	if len(strings.TrimSpace(string(body))) > 0 {
+		if err := json.Unmarshal(body, &in); err != nil {
+			armError(w, http.StatusBadRequest, "InvalidRequestContent", "The request content was invalid and could not be deserialized.")
+			return
+		}
+	}
+	if action == "delete" && len(in.InstanceIDs) == 0 {
+		armError(w, http.StatusBadRequest, "InvalidParameter", "Required parameter 'instanceIds' is missing (null).")
+		return
+	}
+	var rep reply
+	err := e.locked(func(now time.Time) {
+		s := e.st.sets[setKey(sub, rg, name)]
+		if s == nil {
+			rep = notFoundSet(rg, name)
+			return
+		}
+		rep = e.actLocked(s, action, in.InstanceIDs, now)
+	})
+	e.send(w, r, rep, err)
+}
+
+func (e *Emulator) handleVMAction(w http.ResponseWriter, r *http.Request, sub, rg, name, id, action string) {
+	var rep reply
+	err := e.locked(func(now time.Time) {
+		s := e.st.sets[setKey(sub, rg, name)]
+		if s == nil {
+			rep = parentNotFound(name)
+			return
+		}
+		if v := s.lookupVM(id); v == nil || v.State == stDeleting {
+			rep = notFoundVM(rg, name, id)
+			return
+		}
+		rep = e.actLocked(s, action, []string{id}, now)
+	})
+	e.send(w, r, rep, err)
+}
+
+func (e *Emulator) handleDeleteVM(w http.ResponseWriter, r *http.Request, sub, rg, name, id string) {
+	var rep reply
+	err := e.locked(func(now time.Time) {
+		s := e.st.sets[setKey(sub, rg, name)]
+		if s == nil {
+			rep = parentNotFound(name)
+			return
+		}
+		if v := s.lookupVM(id); v == nil {
+			rep = reply{status: http.StatusNoContent}
+			return
+		}
+		rep = e.actLocked(s, "delete", []string{id}, now)
+	})
+	e.send(w, r, rep, err)
+}
+
+// handleSimulateEviction evicts a Spot VM: with the Delete eviction policy
+// it is gone, and the capacity with it.
+func (e *Emulator) handleSimulateEviction(w http.ResponseWriter, r *http.Request, sub, rg, name, id string) {
+	var rep reply
+	err := e.locked(func(now time.Time) {
+		s := e.st.sets[setKey(sub, rg, name)]
+		if s == nil {
+			rep = parentNotFound(name)
+			return
+		}
+		v := s.lookupVM(id)
+		if v == nil {
+			rep = notFoundVM(rg, name, id)
+			return
+		}
+		e.removeVMLocked(s, v)
+		rep = reply{status: http.StatusNoContent}
+	})
+	e.send(w, r, rep, err)
+}
+
+func (s *scaleSet) lookupVM(id string) *vm {
+	n, err := strconv.Atoi(id)
+	if err != nil || strconv.Itoa(n) != id {
+		return nil
+	}
+	return s.VMs[n]
+}
+
+// removeVMLocked makes a VM vanish at once (eviction, loss), shrinking the
+// capacity.
+func (e *Emulator) removeVMLocked(s *scaleSet, v *vm) {
+	if v.State != stDeleting && s.Capacity > 0 {
+		s.Capacity--
+	}
+	e.st.ips.release(v.IP)
+	delete(s.VMs, v.ID)
+	s.ETag++
+	e.gen++
+}
+
+// actLocked begins action on the listed instances of s (all when ids is
+// empty and the action is not delete).
+func (e *Emulator) actLocked(s *scaleSet, action string, ids []string, now time.Time) reply {
+	if s.State == stDeleting {
+		return conflictDeleting(s.Name)
+	}
+	var targets []*vm
+	if len(ids) == 0 {
+		targets = s.activeVMs()
+	} else {
+		seen := map[int]bool{}
+		for _, id := range ids {
+			v := s.lookupVM(id)
+			if v == nil || v.State == stDeleting {
+				return errReply(http.StatusBadRequest, "InvalidParameter", fmt.Sprintf(
+					"The provided instanceId %s is not an active Virtual Machine Scale Set VM instanceId.", id))
+			}
+			if !seen[v.ID] {
+				seen[v.ID] = true
+				targets = append(targets, v)
+			}
+		}
+	}
+	kind := opPower
+	switch action {
+	case "delete":
+		kind = opDeleteInstances
+	case "reimage":
+		kind = opReimage
+	}
+	if o := e.preemptLocked(kind, s, now); o != nil {
+		return reply{status: http.StatusAccepted, op: o}
+	}
+	o := e.beginOpLocked(kind, s, now)
+	for _, v := range targets {
+		v.Op = o.ID
+		switch action {
+		case "delete":
+			v.State, v.Power, v.PowerGoal = stDeleting, pwStopping, ""
+		case "powerOff":
+			v.State, v.Power, v.PowerGoal = stUpdating, pwStopping, pwStopped
+		case "deallocate":
+			v.State, v.Power, v.PowerGoal = stUpdating, pwDeallocating, pwDeallocated
+		default: // reimage, restart, start
+			v.State, v.Power, v.PowerGoal = stUpdating, pwStarting, pwRunning
+		}
+	}
+	if action == "delete" {
+		s.Capacity = max(0, s.Capacity-len(targets))
+		s.ETag++
+		s.State, s.StateOp = stUpdating, o.ID
+	}
+	return reply{status: http.StatusAccepted, op: o}
+}
+
+// --- VMs ---
+
+func (e *Emulator) handleListVMs(w http.ResponseWriter, r *http.Request, sub, rg, name string) {
+	expand := strings.Contains(strings.ToLower(r.URL.Query().Get("$expand")), "instanceview")
+	var rep reply
+	err := e.locked(func(now time.Time) {
+		s := e.st.sets[setKey(sub, rg, name)]
+		if s == nil {
+			rep = parentNotFound(name)
+			return
+		}
+		vms := s.sortedVMs()
+		keys := make([]string, len(vms))
+		for i, v := range vms {
+			keys[i] = vmKey(v.ID)
+		}
+		from, to, next := page(r, keys, e.opts.PageSize)
+		view := s.view()
+		items := make([]json.RawMessage, 0, to-from)
+		for _, v := range vms[from:to] {
+			items = append(items, mustJSON(e.renderVM(s, &view, v, expand)))
+		}
+		rep = reply{status: http.StatusOK, body: listBody(items, next)}
+	})
+	e.send(w, r, rep, err)
+}
+
+// vmKey sorts instance ids as strings in numeric order, for $skiptoken.
+func vmKey(id int) string { return fmt.Sprintf("%010d", id) }
+
+func (e *Emulator) handleGetVM(w http.ResponseWriter, r *http.Request, sub, rg, name, id string, onlyView bool) {
+	expand := strings.Contains(strings.ToLower(r.URL.Query().Get("$expand")), "instanceview")
+	var rep reply
+	err := e.locked(func(now time.Time) {
+		s := e.st.sets[setKey(sub, rg, name)]
+		if s == nil {
+			rep = parentNotFound(name)
+			return
+		}
+		v := s.lookupVM(id)
+		if v == nil {
+			rep = notFoundVM(rg, name, id)
+			return
+		}
+		view := s.view()
+		if onlyView {
+			rep = reply{status: http.StatusOK, body: mustJSON(instanceView(&view, v))}
+			return
+		}
+		rep = reply{status: http.StatusOK, body: mustJSON(e.renderVM(s, &view, v, expand))}
+	})
+	e.send(w, r, rep, err)
+}
+
+// --- rendering ---
+
+// renderSet renders a scale set as ARM returns it, with provisioningState
+// state. Secrets the client sent are not returned.
+func (e *Emulator) renderSet(s *scaleSet, state string) map[string]any {
+	out := make(map[string]any, len(s.Model)+8)
+	for k, v := range s.Model {
+		out[k] = v
+	}
+	props := map[string]any{}
+	if p, ok := s.Model["properties"].(map[string]any); ok {
+		for k, v := range p {
+			props[k] = v
+		}
+	}
+	if vmp, ok := props["virtualMachineProfile"].(map[string]any); ok {
+		if osp, ok := vmp["osProfile"].(map[string]any); ok {
+			if _, secret := osp["adminPassword"]; secret {
+				vmp = mergePatch(vmp, map[string]any{"osProfile": map[string]any{"adminPassword": nil}})
+				props["virtualMachineProfile"] = vmp
+			}
+		}
+	}
+	props["provisioningState"] = state
+	props["uniqueId"] = s.UniqueID
+	props["timeCreated"] = s.Created
+	if _, ok := props["orchestrationMode"]; !ok {
+		props["orchestrationMode"] = "Uniform"
+	}
+	sku := make(map[string]any, len(s.SKU)+1)
+	for k, v := range s.SKU {
+		sku[k] = v
+	}
+	sku["capacity"] = s.Capacity
+	out["id"] = resourceID(s.Sub, s.RG, "Microsoft.Compute", "virtualMachineScaleSets", s.Name)
+	out["name"] = s.Name
+	out["type"] = "Microsoft.Compute/virtualMachineScaleSets"
+	out["location"] = s.Location
+	if s.Tags != nil {
+		out["tags"] = s.Tags
+	}
+	out["sku"] = sku
+	out["etag"] = s.etag()
+	out["properties"] = props
+	return out
+}
+
+// setView is what VMs and NICs take from their scale set's model.
+type setView struct {
+	nicName, ipcfgName, subnetID string
+	dnsServers                   []any
+	accelerated                  bool
+	osType                       string
+	namePrefix                   string
+	spot                         bool
+}
+
+func (s *scaleSet) view() setView {
+	vmp := dig(s.Model, "properties", "virtualMachineProfile")
+	v := setView{nicName: s.Name + "-nic", ipcfgName: "ipconfig1", osType: "Windows", namePrefix: s.Name}
+	if nics, ok := dig(vmp, "networkProfile", "networkInterfaceConfigurations").([]any); ok && len(nics) > 0 {
+		nic := nics[0]
+		for _, n := range nics {
+			if p, _ := dig(n, "properties", "primary").(bool); p {
+				nic = n
+				break
+			}
+		}
+		if n, _ := dig(nic, "name").(string); n != "" {
+			v.nicName = n
+		}
+		v.accelerated, _ = dig(nic, "properties", "enableAcceleratedNetworking").(bool)
+		v.dnsServers, _ = dig(nic, "properties", "dnsSettings", "dnsServers").([]any)
+		if ipcs, ok := dig(nic, "properties", "ipConfigurations").([]any); ok && len(ipcs) > 0 {
+			if n, _ := dig(ipcs[0], "name").(string); n != "" {
+				v.ipcfgName = n
+			}
+			v.subnetID, _ = dig(ipcs[0], "properties", "subnet", "id").(string)
+		}
+	}
+	if t, _ := dig(vmp, "storageProfile", "osDisk", "osType").(string); t != "" {
+		v.osType = t
+	} else if dig(vmp, "osProfile", "linuxConfiguration") != nil {
+		v.osType = "Linux"
+	}
+	if p, _ := dig(vmp, "osProfile", "computerNamePrefix").(string); p != "" {
+		v.namePrefix = p
+	}
+	prio, _ := dig(vmp, "priority").(string)
+	v.spot = strings.EqualFold(prio, "Spot") || strings.EqualFold(prio, "Low")
+	return v
+}
+
+// computerName is Azure's: the prefix and the instance id in base 36 on six
+// characters.
+func (v *setView) computerName(id int) string {
+	n := strings.ToUpper(strconv.FormatInt(int64(id), 36))
+	if len(n) < 6 {
+		n = strings.Repeat("0", 6-len(n)) + n
+	}
+	return v.namePrefix + n
+}
+
+type idRef struct {
+	ID string `json:"id"`
+}
+
+type vmJSON struct {
+	Name       string         `json:"name"`
+	ID         string         `json:"id"`
+	Type       string         `json:"type"`
+	Location   string         `json:"location"`
+	Tags       map[string]any `json:"tags,omitempty"`
+	InstanceID string         `json:"instanceId"`
+	SKU        *vmSKUJSON     `json:"sku,omitempty"`
+	Properties vmPropsJSON    `json:"properties"`
+}
+
+type vmSKUJSON struct {
+	Name string `json:"name"`
+	Tier string `json:"tier,omitempty"`
+}
+
+type vmPropsJSON struct {
+	LatestModelApplied bool               `json:"latestModelApplied"`
+	VMID               string             `json:"vmId"`
+	InstanceView       *instanceViewJSON  `json:"instanceView,omitempty"`
+	HardwareProfile    map[string]any     `json:"hardwareProfile"`
+	StorageProfile     storageProfileJSON `json:"storageProfile"`
+	OSProfile          map[string]any     `json:"osProfile"`
+	NetworkProfile     vmNetworkProfile   `json:"networkProfile"`
+	ProvisioningState  string             `json:"provisioningState"`
+	TimeCreated        time.Time          `json:"timeCreated"`
+}
+
+type storageProfileJSON struct {
+	ImageReference map[string]any `json:"imageReference,omitempty"`
+	OSDisk         osDiskJSON     `json:"osDisk"`
+}
+
+type osDiskJSON struct {
+	OSType       string `json:"osType"`
+	Name         string `json:"name"`
+	CreateOption string `json:"createOption"`
+	Caching      string `json:"caching"`
+}
+
+type vmNetworkProfile struct {
+	NetworkInterfaces []nicRefJSON `json:"networkInterfaces"`
+}
+
+type nicRefJSON struct {
+	ID         string `json:"id"`
+	Properties struct {
+		Primary bool `json:"primary"`
+	} `json:"properties"`
+}
+
+type instanceViewJSON struct {
+	PlatformUpdateDomain int          `json:"platformUpdateDomain"`
+	PlatformFaultDomain  int          `json:"platformFaultDomain"`
+	ComputerName         string       `json:"computerName"`
+	OSName               string       `json:"osName"`
+	Statuses             []statusJSON `json:"statuses"`
+}
+
+type statusJSON struct {
+	Code          string     `json:"code"`
+	Level         string     `json:"level"`
+	DisplayStatus string     `json:"displayStatus"`
+	Time          *time.Time `json:"time,omitempty"`
+}
+
+func vmID(s *scaleSet, id int) string {
+	return resourceID(s.Sub, s.RG, "Microsoft.Compute", "virtualMachineScaleSets", s.Name, "virtualMachines", strconv.Itoa(id))
+}
+
+func nicID(s *scaleSet, view *setView, id int) string {
+	return vmID(s, id) + "/networkInterfaces/" + view.nicName
+}
+
+func (e *Emulator) renderVM(s *scaleSet, view *setView, v *vm, expand bool) vmJSON {
+	out := vmJSON{
+		Name:       s.vmName(v.ID),
+		ID:         vmID(s, v.ID),
+		Type:       "Microsoft.Compute/virtualMachineScaleSets/virtualMachines",
+		Location:   s.Location,
+		Tags:       v.Tags,
+		InstanceID: strconv.Itoa(v.ID),
+	}
+	if v.Size != "" {
+		tier, _ := s.SKU["tier"].(string)
+		out.SKU = &vmSKUJSON{Name: v.Size, Tier: tier}
+	}
+	p := &out.Properties
+	p.LatestModelApplied = v.ModelGen == s.ModelGen
+	p.VMID = v.VMID
+	p.HardwareProfile = map[string]any{"vmSize": v.Size}
+	p.StorageProfile = storageProfileJSON{
+		ImageReference: v.Image,
+		OSDisk: osDiskJSON{
+			OSType:       view.osType,
+			Name:         fmt.Sprintf("%s_OsDisk_1_%s", s.vmName(v.ID), strings.ReplaceAll(v.VMID, "-", "")),
+			CreateOption: "FromImage",
+			Caching:      "ReadOnly",
+		},
+	}
+	p.OSProfile = map[string]any{"computerName": view.computerName(v.ID)}
+	ref := nicRefJSON{ID: nicID(s, view, v.ID)}
+	ref.Properties.Primary = true
+	p.NetworkProfile.NetworkInterfaces = []nicRefJSON{ref}
+	p.ProvisioningState = v.State
+	p.TimeCreated = v.Created
+	if expand {
+		p.InstanceView = instanceView(view, v)
+	}
+	return out
+}
+
+// instanceView reports provisioning and power state as ARM's status codes.
+func instanceView(view *setView, v *vm) *instanceViewJSON {
+	osName := "Windows"
+	if view.osType == "Linux" {
+		osName = "Linux"
+	}
+	iv := &instanceViewJSON{
+		PlatformUpdateDomain: v.ID % 5,
+		PlatformFaultDomain:  v.ID % 3,
+		ComputerName:         view.computerName(v.ID),
+		OSName:               osName,
+	}
+	ps := statusJSON{Level: "Info"}
+	switch v.State {
+	case stFailed:
+		ps.Code, ps.Level, ps.DisplayStatus = "ProvisioningState/failed/"+codeOSProvisioningTimeout, "Error", "Provisioning failed"
+	default:
+		ps.Code = "ProvisioningState/" + strings.ToLower(v.State)
+		ps.DisplayStatus = map[string]string{
+			stCreating: "Creating", stUpdating: "Updating", stSucceeded: "Provisioning succeeded", stDeleting: "Deleting",
+		}[v.State]
+	}
+	if v.State == stSucceeded {
+		t := v.Created
+		ps.Time = &t
+	}
+	iv.Statuses = append(iv.Statuses, ps)
+	if v.Power != "" {
+		iv.Statuses = append(iv.Statuses, statusJSON{
+			Code: "PowerState/" + v.Power, Level: "Info", DisplayStatus: "VM " + v.Power,
+		})
+	}
+	return iv
+}

@@ -1,0 +1,356 @@
+package azemu
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+type nicJSON struct {
+	Name       string         `json:"name"`
+	ID         string         `json:"id"`
+	Etag       string         `json:"etag"`
+	Type       string         `json:"type"`
+	Location   string         `json:"location,omitempty"`
+	Tags       map[string]any `json:"tags,omitempty"`
+	Properties nicPropsJSON   `json:"properties"`
+}
+
+type nicPropsJSON struct {
+	ProvisioningState           string         `json:"provisioningState"`
+	ResourceGUID                string         `json:"resourceGuid"`
+	IPConfigurations            []ipConfigJSON `json:"ipConfigurations"`
+	DNSSettings                 dnsJSON        `json:"dnsSettings"`
+	MACAddress                  string         `json:"macAddress"`
+	EnableAcceleratedNetworking bool           `json:"enableAcceleratedNetworking"`
+	EnableIPForwarding          bool           `json:"enableIPForwarding"`
+	Primary                     bool           `json:"primary"`
+	VirtualMachine              idRef          `json:"virtualMachine"`
+}
+
+type dnsJSON struct {
+	DNSServers        []any `json:"dnsServers"`
+	AppliedDNSServers []any `json:"appliedDnsServers"`
+}
+
+type ipConfigJSON struct {
+	Name       string           `json:"name"`
+	ID         string           `json:"id"`
+	Etag       string           `json:"etag"`
+	Properties ipConfigPropJSON `json:"properties"`
+}
+
+type ipConfigPropJSON struct {
+	ProvisioningState         string `json:"provisioningState"`
+	PrivateIPAddress          string `json:"privateIPAddress"`
+	PrivateIPAllocationMethod string `json:"privateIPAllocationMethod"`
+	Subnet                    *idRef `json:"subnet,omitempty"`
+	Primary                   bool   `json:"primary"`
+	PrivateIPAddressVersion   string `json:"privateIPAddressVersion"`
+}
+
+// renderNIC renders a VM's primary NIC; its private IP is the VM's address.
+func renderNIC(s *scaleSet, view *setView, v *vm) nicJSON {
+	id := nicID(s, view, v.ID)
+	etag := `W/"` + v.VMID + `"`
+	dns := view.dnsServers
+	if dns == nil {
+		dns = []any{}
+	}
+	n := nicJSON{
+		Name:     view.nicName,
+		ID:       id,
+		Etag:     etag,
+		Type:     "Microsoft.Network/networkInterfaces",
+		Location: s.Location,
+		Tags:     v.Tags,
+		Properties: nicPropsJSON{
+			ProvisioningState:           stSucceeded,
+			ResourceGUID:                v.VMID,
+			DNSSettings:                 dnsJSON{DNSServers: dns, AppliedDNSServers: []any{}},
+			MACAddress:                  macAddress(v.IP),
+			EnableAcceleratedNetworking: view.accelerated,
+			Primary:                     true,
+			VirtualMachine:              idRef{ID: vmID(s, v.ID)},
+		},
+	}
+	ipc := ipConfigJSON{
+		Name: view.ipcfgName,
+		ID:   id + "/ipConfigurations/" + view.ipcfgName,
+		Etag: etag,
+		Properties: ipConfigPropJSON{
+			ProvisioningState:         stSucceeded,
+			PrivateIPAddress:          v.IP,
+			PrivateIPAllocationMethod: "Dynamic",
+			Primary:                   true,
+			PrivateIPAddressVersion:   "IPv4",
+		},
+	}
+	if view.subnetID != "" {
+		ipc.Properties.Subnet = &idRef{ID: view.subnetID}
+	}
+	n.Properties.IPConfigurations = []ipConfigJSON{ipc}
+	return n
+}
+
+// macAddress derives a stable Azure-style MAC from the IP.
+func macAddress(ip string) string {
+	v, _ := ipToU32(ip)
+	return fmt.Sprintf("00-0D-3A-%02X-%02X-%02X", byte(v>>16), byte(v>>8), byte(v))
+}
+
+// handleListNICs lists the NICs of a scale set, or of one of its VMs.
+func (e *Emulator) handleListNICs(w http.ResponseWriter, r *http.Request, sub, rg, name, instance string) {
+	var rep reply
+	err := e.locked(func(now time.Time) {
+		s := e.st.sets[setKey(sub, rg, name)]
+		if s == nil {
+			rep = parentNotFound(name)
+			return
+		}
+		vms := s.sortedVMs()
+		if instance != "" {
+			v := s.lookupVM(instance)
+			if v == nil {
+				rep = notFoundVM(rg, name, instance)
+				return
+			}
+			vms = []*vm{v}
+		}
+		keys := make([]string, len(vms))
+		for i, v := range vms {
+			keys[i] = vmKey(v.ID)
+		}
+		from, to, next := page(r, keys, e.opts.PageSize)
+		view := s.view()
+		items := make([]json.RawMessage, 0, to-from)
+		for _, v := range vms[from:to] {
+			items = append(items, mustJSON(renderNIC(s, &view, v)))
+		}
+		rep = reply{status: http.StatusOK, body: listBody(items, next)}
+	})
+	e.send(w, r, rep, err)
+}
+
+func (e *Emulator) handleGetNIC(w http.ResponseWriter, r *http.Request, sub, rg, name, instance, nic string) {
+	var rep reply
+	err := e.locked(func(now time.Time) {
+		s := e.st.sets[setKey(sub, rg, name)]
+		if s == nil {
+			rep = parentNotFound(name)
+			return
+		}
+		view := s.view()
+		v := s.lookupVM(instance)
+		if v == nil {
+			rep = notFoundVM(rg, name, instance)
+			return
+		}
+		if !strings.EqualFold(nic, view.nicName) {
+			rep = errReply(http.StatusNotFound, "ResourceNotFound", fmt.Sprintf(
+				"The Resource 'Microsoft.Compute/virtualMachineScaleSets/%s/virtualMachines/%s/networkInterfaces/%s' under resource group '%s' was not found.",
+				name, instance, nic, rg))
+			return
+		}
+		rep = reply{status: http.StatusOK, body: mustJSON(renderNIC(s, &view, v))}
+	})
+	e.send(w, r, rep, err)
+}
+
+// handleSubnet answers for any subnet of any virtual network: it exists, with
+// the configured address prefix.
+func (e *Emulator) handleSubnet(w http.ResponseWriter, r *http.Request, sub, rg, vnet, subnet string) {
+	id := resourceID(sub, rg, "Microsoft.Network", "virtualNetworks", vnet, "subnets", subnet)
+	writeJSON(w, http.StatusOK, map[string]any{
+		"name": subnet,
+		"id":   id,
+		"etag": `W/"00000000-0000-0000-0000-000000000001"`,
+		"type": "Microsoft.Network/virtualNetworks/subnets",
+		"properties": map[string]any{
+			"provisioningState":                 stSucceeded,
+			"addressPrefix":                     e.opts.SubnetPrefix,
+			"privateEndpointNetworkPolicies":    "Disabled",
+			"privateLinkServiceNetworkPolicies": "Enabled",
+		},
+	})
+}
+
+// handleGalleryImage answers for any image of any gallery: it exists.
+// Names mentioning linux, ubuntu or debian are Linux images, others Windows.
+func (e *Emulator) handleGalleryImage(w http.ResponseWriter, r *http.Request, sub, rg, gallery, image string) {
+	osType := "Windows"
+	lower := strings.ToLower(image)
+	for _, l := range []string{"linux", "ubuntu", "debian"} {
+		if strings.Contains(lower, l) {
+			osType = "Linux"
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"name":     image,
+		"id":       resourceID(sub, rg, "Microsoft.Compute", "galleries", gallery, "images", image),
+		"type":     "Microsoft.Compute/galleries/images",
+		"location": "local",
+		"properties": map[string]any{
+			"osType":            osType,
+			"osState":           "Generalized",
+			"hyperVGeneration":  "V2",
+			"identifier":        map[string]any{"publisher": "sandfleet", "offer": gallery, "sku": image},
+			"provisioningState": stSucceeded,
+		},
+	})
+}
+
+// skuSpec is one VM size the emulator offers.
+type skuSpec struct {
+	name, family string
+	vcpus, memGB int
+}
+
+var skuCatalog = []skuSpec{
+	{"Standard_B2s", "standardBSFamily", 2, 4},
+	{"Standard_D2as_v5", "standardDASv5Family", 2, 8},
+	{"Standard_D2s_v3", "standardDSv3Family", 2, 8},
+	{"Standard_D4s_v3", "standardDSv3Family", 4, 16},
+	{"Standard_D8s_v3", "standardDSv3Family", 8, 32},
+	{"Standard_F2s_v2", "standardFSv2Family", 2, 4},
+	{"Standard_F4s_v2", "standardFSv2Family", 4, 8},
+}
+
+// skuByName finds a size case-insensitively.
+func skuByName(name string) (skuSpec, bool) {
+	for _, s := range skuCatalog {
+		if strings.EqualFold(s.name, name) {
+			return s, true
+		}
+	}
+	return skuSpec{}, false
+}
+
+// vcpusOf is the vCPU count of a size; unknown sizes count 2.
+func vcpusOf(name string) int64 {
+	if s, ok := skuByName(name); ok {
+		return int64(s.vcpus)
+	}
+	return 2
+}
+
+var defaultLocations = []string{"eastus", "eastus2", "westus2", "northeurope", "westeurope", "uksouth"}
+
+// handleSKUs lists the VM sizes. $filter "location eq 'x'" lists them in x.
+func (e *Emulator) handleSKUs(w http.ResponseWriter, r *http.Request) {
+	locs := defaultLocations
+	if f := r.URL.Query().Get("$filter"); f != "" {
+		if _, v, ok := strings.Cut(f, "eq"); ok {
+			locs = []string{strings.Trim(strings.TrimSpace(v), "'\"")}
+		}
+	}
+	keys := make([]string, len(skuCatalog))
+	for i := range skuCatalog {
+		keys[i] = fmt.Sprintf("%04d", i)
+	}
+	from, to, next := page(r, keys, e.opts.PageSize)
+	items := make([]json.RawMessage, 0, to-from)
+	for _, s := range skuCatalog[from:to] {
+		li := make([]any, len(locs))
+		for i, l := range locs {
+			li[i] = map[string]any{"location": l, "zones": []string{"1", "2", "3"}}
+		}
+		items = append(items, mustJSON(map[string]any{
+			"resourceType": "virtualMachines",
+			"name":         s.name,
+			"tier":         "Standard",
+			"size":         strings.TrimPrefix(s.name, "Standard_"),
+			"family":       s.family,
+			"locations":    locs,
+			"locationInfo": li,
+			"capabilities": []map[string]string{
+				{"name": "vCPUs", "value": strconv.Itoa(s.vcpus)},
+				{"name": "vCPUsAvailable", "value": strconv.Itoa(s.vcpus)},
+				{"name": "MemoryGB", "value": strconv.Itoa(s.memGB)},
+				{"name": "LowPriorityCapable", "value": "True"},
+				{"name": "EphemeralOSDiskSupported", "value": "True"},
+				{"name": "CachedDiskBytes", "value": strconv.Itoa(s.vcpus * 25 << 30)},
+				{"name": "HyperVGenerations", "value": "V1,V2"},
+				{"name": "PremiumIO", "value": "True"},
+			},
+			"restrictions": []any{},
+		}))
+	}
+	writeRaw(w, http.StatusOK, listBody(items, next))
+}
+
+// handleUsages reports compute quota use in a location, counted from the
+// VMs of the subscription's scale sets there.
+func (e *Emulator) handleUsages(w http.ResponseWriter, r *http.Request, sub, location string) {
+	type usage struct{ cur, limit int64 }
+	var cores, spot, vms, sets int64
+	family := map[string]int64{}
+	var quota Quota
+	err := e.locked(func(now time.Time) {
+		quota = e.faults.quota()
+		for _, s := range e.st.sets {
+			if !strings.EqualFold(s.Sub, sub) || !sameLocation(s.Location, location) {
+				continue
+			}
+			sets++
+			view := s.view()
+			for _, v := range s.VMs {
+				n := vcpusOf(v.Size)
+				vms++
+				if view.spot {
+					spot += n
+					continue
+				}
+				cores += n
+				if sp, ok := skuByName(v.Size); ok {
+					family[sp.family] += n
+				}
+			}
+		}
+	})
+	if err != nil {
+		e.send(w, r, reply{}, err)
+		return
+	}
+	type entry struct {
+		name, display string
+		u             usage
+	}
+	entries := []entry{
+		{"cores", "Total Regional vCPUs", usage{cores, quota.Cores}},
+		{"lowPriorityCores", "Total Regional Low-priority vCPUs", usage{spot, quota.LowPriorityCores}},
+		{"virtualMachines", "Virtual Machines", usage{vms, 25000}},
+		{"virtualMachineScaleSets", "Virtual Machine Scale Sets", usage{sets, 2500}},
+	}
+	seen := map[string]bool{}
+	for _, s := range skuCatalog {
+		if seen[s.family] {
+			continue
+		}
+		seen[s.family] = true
+		entries = append(entries, entry{s.family, s.family + " vCPUs", usage{family[s.family], quota.Cores}})
+	}
+	keys := make([]string, len(entries))
+	for i := range entries {
+		keys[i] = fmt.Sprintf("%04d", i)
+	}
+	from, to, next := page(r, keys, e.opts.PageSize)
+	items := make([]json.RawMessage, 0, to-from)
+	for _, en := range entries[from:to] {
+		items = append(items, mustJSON(map[string]any{
+			"unit":         "Count",
+			"currentValue": en.u.cur,
+			"limit":        en.u.limit,
+			"name":         map[string]string{"value": en.name, "localizedValue": en.display},
+		}))
+	}
+	writeRaw(w, http.StatusOK, listBody(items, next))
+}
+
+func sameLocation(a, b string) bool {
+	norm := func(s string) string { return strings.ToLower(strings.ReplaceAll(s, " ", "")) }
+	return norm(a) == norm(b)
+}

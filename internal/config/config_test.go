@@ -1,0 +1,137 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestUnknownKeyNamesItsLine(t *testing.T) {
+	_, err := load(t, "listen: 127.0.0.1:8090\nfleet:\n  reconcile_intervall: 5s\n")
+	if err == nil || !strings.Contains(err.Error(), "line 3") || !strings.Contains(err.Error(), "reconcile_intervall") {
+		t.Fatalf("err = %v, want it to name line 3 and the key", err)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("defaults do not validate: %v", err)
+	}
+	if cfg.Listen != "127.0.0.1:8090" || cfg.Fleet.ReconcileInterval != 30*time.Second ||
+		cfg.Timeouts.CloudOperation != 300*time.Second || !cfg.Azure.Emulated() || len(cfg.Pools) != 1 {
+		t.Fatalf("unexpected defaults: %+v", cfg)
+	}
+	if got := cfg.DatabaseURL(); got != "sqlite://sandfleet-data/sandfleet.db" {
+		t.Fatalf("DatabaseURL = %q", got)
+	}
+}
+
+func TestFileOverridesDefaults(t *testing.T) {
+	cfg, err := load(t, `
+database: postgres://root@127.0.0.1:5432/x
+fleet: { reconcile_interval: 5s }
+guest: { upload_max_size: 2MiB }
+azure: { subscription_id: abc, credential: managed-identity, spot: true }
+pools:
+  - { name: lab, provider: static, platform: linux, machines: [ { label: l1, ip: 127.0.0.5 } ] }
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Fleet.ReconcileInterval != 5*time.Second || cfg.Guest.UploadMaxSize != 2<<20 || cfg.Azure.Emulated() ||
+		!cfg.Azure.Spot || cfg.Azure.ReimageBatchWindow != 4*time.Second || cfg.Pools[0].Machines[0].IP != "127.0.0.5" {
+		t.Fatalf("got %+v", cfg)
+	}
+}
+
+func TestValidationNamesTheKey(t *testing.T) {
+	tests := []struct{ yaml, want string }{
+		{"pools:\n  - {name: ok, provider: azure, platform: windows, image: i, max_size: 2}\n  - {name: win_10, provider: azure, platform: windows, image: i}\n",
+			`pools[1].name: "win_10" contains "_"`},
+		{"pools:\n  - {name: a, provider: azure, platform: windows, image: i, initial_size: 5, max_size: 2}\n", "pools[0].max_size: 2 is below initial_size 5"},
+		{"pools:\n  - {name: a, provider: cloud, platform: windows}\n", `pools[0].provider: "cloud"`},
+		{"pools:\n  - {name: a, provider: static, platform: windows, machines: [{label: x, ip: nope}]}\n", `pools[0].machines[0].ip: "nope" is not an IP address`},
+		{"pools:\n  - {name: a, provider: static, platform: beos, machines: [{label: x, ip: 127.0.0.1}]}\n", `pools[0].platform: "beos"`},
+		{"pools:\n  - {name: a, provider: azure, platform: windows, image: i, max_size: 2}\n  - {name: a, provider: azure, platform: windows, image: i, max_size: 2}\n", `pools[1].name: "a" already used by pools[0]`},
+		{"listen: 0.0.0.0:8090\n", "auth.tokens_file: required when listen"},
+		{"database: mysql://x\n", `database: "mysql://x"`},
+		{"timeouts: {cloud_operation: 0s}\n", "timeouts.cloud_operation: must be positive"},
+		{"azure: {credential: secret}\n", "azure.client_secret_file: required"},
+		{"azure: {credential: magic}\n", `azure.credential: "magic"`},
+	}
+	for _, tt := range tests {
+		cfg, err := load(t, tt.yaml)
+		if err != nil {
+			t.Fatalf("%q: decode: %v", tt.yaml, err)
+		}
+		err = cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: Validate() = %v, want it to contain %q", tt.yaml, err, tt.want)
+		}
+	}
+}
+
+func TestBadValuesAreDecodeErrors(t *testing.T) {
+	for _, y := range []string{
+		"fleet: {reconcile_interval: soon}\n",
+		"guest: {upload_max_size: lots}\n",
+		"pools: {name: x}\n",
+		"scheduler: {max_machines: many}\n",
+	} {
+		if _, err := load(t, y); err == nil || !strings.Contains(err.Error(), "line") {
+			t.Errorf("%q: err = %v, want a decode error naming a line", y, err)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]Size{"100MiB": 100 << 20, "2GB": 2e9, "512": 512, "1.5KiB": 1536, "3 kb": 3000} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "-1", "1XB", "1..2MB"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) accepted", in)
+		}
+	}
+}
+
+func load(t *testing.T, yaml string) (*Config, error) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "sandfleet.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return Load(path)
+}
+
+// FuzzDecode: no input panics the decoder or the validator, and whatever
+// decodes either validates or says which key is wrong.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte("listen: 127.0.0.1:8090\npools:\n  - {name: a, provider: azure, platform: windows, image: i, max_size: 2}\n"))
+	f.Add([]byte("guest: {upload_max_size: 100MiB}\n"))
+	f.Add([]byte("pools:\n  - {name: a, provider: static, platform: linux, machines: [{label: x, ip: 127.0.0.1}]}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg := Default()
+		if err := Decode(data, cfg); err != nil {
+			return
+		}
+		if err := cfg.Validate(); err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if !strings.Contains(line, ":") {
+					t.Fatalf("validation error without a key: %q", line)
+				}
+			}
+		}
+	})
+}

@@ -1,0 +1,163 @@
+package api_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sandfleet/sandfleet/internal/api"
+	"github.com/sandfleet/sandfleet/internal/config"
+	"github.com/sandfleet/sandfleet/internal/fleet"
+	"github.com/sandfleet/sandfleet/internal/provider/static"
+	"github.com/sandfleet/sandfleet/internal/store/open"
+)
+
+func newServer(t *testing.T, tokens map[string]bool) (*httptest.Server, *fleet.Reconciler) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := open.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "api.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	pool := config.Pool{Name: "lab", Provider: "static", Platform: "windows", Arch: "x64", Tags: []string{"win10"},
+		Machines: []config.StaticMachine{{Label: "lab1", IP: "127.0.0.31"}}}
+	r := fleet.New(fleet.Options{Store: st, Provider: static.New([]config.Pool{pool}), Pools: []config.Pool{pool},
+		ResultServerIP: "127.0.0.1", ResultServerPort: 2042})
+	if err := r.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api.New(api.Options{Store: st, Fleet: fleet.NewFleet(r), Tokens: tokens}))
+	t.Cleanup(srv.Close)
+	return srv, r
+}
+
+type envelope struct {
+	Error      bool            `json:"error"`
+	ErrorValue string          `json:"error_value"`
+	Data       json.RawMessage `json:"data"`
+}
+
+func get(t *testing.T, url, token string) (int, envelope) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Token "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var env envelope
+	if err := json.NewDecoder(resp.Body).Decode(&env); err != nil {
+		t.Fatalf("GET %s: body is not the JSON envelope: %v", url, err)
+	}
+	return resp.StatusCode, env
+}
+
+func TestMachinesInCAPEShape(t *testing.T) {
+	srv, _ := newServer(t, nil)
+	code, env := get(t, srv.URL+"/apiv2/machines/list/", "")
+	if code != 200 || env.Error {
+		t.Fatalf("list: %d %+v", code, env)
+	}
+	var ms []map[string]any
+	if err := json.Unmarshal(env.Data, &ms); err != nil || len(ms) != 1 {
+		t.Fatalf("data = %s", env.Data)
+	}
+	m := ms[0]
+	for _, k := range []string{"id", "name", "label", "arch", "ip", "platform", "interface", "snapshot", "locked",
+		"locked_changed_on", "status", "status_changed_on", "resultserver_ip", "resultserver_port", "reserved", "tags",
+		"pool", "instance_id", "state"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("machine lacks CAPE field %q", k)
+		}
+	}
+	if m["label"] != "lab1" || m["ip"] != "127.0.0.31" || m["state"] != "ready" || m["status"] != "ready" ||
+		m["locked"] != false || m["pool"] != "lab" || m["resultserver_port"] != "2042" {
+		t.Errorf("machine = %v", m)
+	}
+	if _, err := time.Parse("2006-01-02 15:04:05", m["status_changed_on"].(string)); err != nil {
+		t.Errorf("status_changed_on not in CAPE's format: %v", m["status_changed_on"])
+	}
+
+	code, env = get(t, srv.URL+"/apiv2/machines/view/lab1/", "")
+	if code != 200 || env.Error {
+		t.Fatalf("view: %d %+v", code, env)
+	}
+	code, env = get(t, srv.URL+"/apiv2/machines/view/nope/", "")
+	if code != 404 || !env.Error || env.ErrorValue == "" {
+		t.Fatalf("view of unknown machine: %d %+v", code, env)
+	}
+	code, env = get(t, srv.URL+"/apiv2/machines/list/?state=sleepy", "")
+	if code != 400 || !env.Error {
+		t.Fatalf("bad state filter: %d %+v", code, env)
+	}
+}
+
+func TestCheckAndPools(t *testing.T) {
+	srv, _ := newServer(t, nil)
+	code, env := get(t, srv.URL+"/apiv2/fleet/check/", "")
+	if code != 200 {
+		t.Fatalf("check: %d", code)
+	}
+	var rep fleet.Report
+	if err := json.Unmarshal(env.Data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Consistent || len(rep.Pools) != 1 || rep.Pools[0].DBMachines != 1 || rep.Pools[0].ProviderInstances != 1 {
+		t.Fatalf("check = %+v", rep)
+	}
+	var raw map[string]any
+	json.Unmarshal(env.Data, &raw)
+	p := raw["pools"].([]any)[0].(map[string]any)
+	for _, k := range []string{"name", "db_machines", "provider_instances", "missing_in_db", "missing_in_provider", "mismatched"} {
+		if _, ok := p[k]; !ok {
+			t.Errorf("check pool lacks %q", k)
+		}
+	}
+	code, env = get(t, srv.URL+"/apiv2/pools/list/", "")
+	var ps []fleet.PoolStatus
+	if code != 200 || json.Unmarshal(env.Data, &ps) != nil || len(ps) != 1 || ps[0].Machines["ready"] != 1 || ps[0].Drift != 0 {
+		t.Fatalf("pools = %d %s", code, env.Data)
+	}
+}
+
+func TestTokenAuth(t *testing.T) {
+	srv, _ := newServer(t, map[string]bool{"s3cret": true})
+	if code, env := get(t, srv.URL+"/apiv2/machines/list/", ""); code != 401 || !env.Error {
+		t.Fatalf("no token: %d", code)
+	}
+	if code, _ := get(t, srv.URL+"/apiv2/machines/list/", "wrong"); code != 401 {
+		t.Fatalf("wrong token: %d", code)
+	}
+	if code, _ := get(t, srv.URL+"/apiv2/machines/list/", "s3cret"); code != 200 {
+		t.Fatalf("good token: %d", code)
+	}
+	resp, err := http.Get(srv.URL + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("healthz needs no token: %v %v", resp, err)
+	}
+}
+
+func TestLoadTokens(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tokens")
+	os.WriteFile(path, []byte("# operators\nabc\n\n  def  \n"), 0o600)
+	tokens, err := api.LoadTokens(path)
+	if err != nil || !tokens["abc"] || !tokens["def"] || len(tokens) != 2 {
+		t.Fatalf("tokens = %v, %v", tokens, err)
+	}
+	os.WriteFile(path, []byte("# none\n"), 0o600)
+	if _, err := api.LoadTokens(path); err == nil {
+		t.Fatal("an empty tokens file was accepted")
+	}
+}

@@ -362,3 +362,10 @@ type staticToken string
 func (s staticToken) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
 	return azcore.AccessToken{Token: string(s), ExpiresOn: time.Now().Add(24 * time.Hour)}, nil
 }
+
+// Close releases the driver's idle connections. Operations begun through it
+// can still be resumed by another driver from their tokens.
+func (d *Driver) Close() error {
+	d.transport.CloseIdleConnections()
+	return nil
+}

@@ -1,0 +1,541 @@
+package azure_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sandfleet/sandfleet/internal/azemu"
+	"github.com/sandfleet/sandfleet/internal/config"
+	"github.com/sandfleet/sandfleet/internal/provider"
+	"github.com/sandfleet/sandfleet/internal/provider/azure"
+	"github.com/sandfleet/sandfleet/internal/provider/providertest"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+var spec = provider.PoolSpec{
+	Name: "win10x64", Platform: "windows", Arch: "x64",
+	Image: "win10-gallery-image", Tags: []string{"win10", "x64"}, Capacity: 3,
+}
+
+// startEmulator runs an ARM emulator for the test, with its state in a
+// temporary directory.
+func startEmulator(t *testing.T, opts azemu.Options) *azemu.Emulator {
+	t.Helper()
+	if opts.Listen == "" {
+		opts.Listen = "127.0.0.1:0"
+	}
+	if opts.StateDir == "" {
+		opts.StateDir = t.TempDir()
+	}
+	if opts.Logger == nil {
+		opts.Logger = quiet
+	}
+	e, err := azemu.New(opts)
+	if err != nil {
+		t.Fatalf("azemu.New: %v", err)
+	}
+	if err := e.Start(); err != nil {
+		t.Fatalf("emulator Start: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := e.Close(); err != nil {
+			t.Errorf("emulator Close: %v", err)
+		}
+	})
+	return e
+}
+
+func azureConfig(e *azemu.Emulator) config.Azure {
+	cfg := config.Default().Azure
+	cfg.SubscriptionID = "8f2b6c1e-0000-4000-8000-0000000000aa"
+	cfg.Endpoint = e.URL()
+	cfg.Credential = "emulator"
+	cfg.DNSServers = []string{"10.0.0.2"}
+	return cfg
+}
+
+func newDriver(t *testing.T, e *azemu.Emulator) *azure.Driver {
+	t.Helper()
+	d, err := azure.New(azureConfig(e), azure.Options{
+		CertPool:     e.CertPool(),
+		PollInterval: 50 * time.Millisecond,
+		Logger:       quiet,
+	})
+	if err != nil {
+		t.Fatalf("azure.New: %v", err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	return d
+}
+
+// admin calls one of the emulator's /_emulator/ endpoints and decodes its JSON
+// answer into out (if not nil).
+func admin(ctx context.Context, e *azemu.Emulator, method, path string, body, out any) error {
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		r = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, e.URL()+path, r)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+azemu.Token)
+	req.Header.Set("Content-Type", "application/json")
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.CertPool()}}}
+	defer client.CloseIdleConnections()
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, data)
+	}
+	if out != nil && len(data) > 0 {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("%s %s: %w (%s)", method, path, err, data)
+		}
+	}
+	return nil
+}
+
+func setFaults(t *testing.T, e *azemu.Emulator, faults string) {
+	t.Helper()
+	if err := admin(context.Background(), e, http.MethodPost, "/_emulator/faults", json.RawMessage(faults), nil); err != nil {
+		t.Fatalf("set faults: %v", err)
+	}
+}
+
+// addedID finds the new instance's id in the answer to POST …/vms.
+func addedID(v map[string]any) (string, error) {
+	for _, k := range []string{"instanceId", "instance_id", "id"} {
+		switch id := v[k].(type) {
+		case string:
+			return id, nil
+		case float64:
+			return fmt.Sprint(id), nil
+		}
+	}
+	if p, ok := v["properties"].(map[string]any); ok {
+		return addedID(p)
+	}
+	return "", fmt.Errorf("no instance id in %v", v)
+}
+
+func TestConformance(t *testing.T) {
+	providertest.Run(t, providertest.Harness{
+		Setup: func(t *testing.T) providertest.Env {
+			e := startEmulator(t, azemu.Options{})
+			return providertest.Env{
+				Provider: newDriver(t, e),
+				AddInstance: func(ctx context.Context, group string) (string, error) {
+					var v map[string]any
+					if err := admin(ctx, e, http.MethodPost, "/_emulator/scalesets/"+group+"/vms", nil, &v); err != nil {
+						return "", err
+					}
+					return addedID(v)
+				},
+				RemoveInstance: func(ctx context.Context, group, id string) error {
+					return admin(ctx, e, http.MethodDelete, "/_emulator/scalesets/"+group+"/vms/"+id, nil, nil)
+				},
+			}
+		},
+		Spec:     spec,
+		AltImage: "win10-gallery-image-v2",
+		Caps: providertest.Caps{
+			CreateGroup: true, DeleteGroup: true, UpdateImage: true,
+			Capacity: true, Delete: true, Tokens: true,
+		},
+		Timeout: 60 * time.Second,
+	})
+}
+
+// createGroup creates spec's scale set with n instances and waits for it.
+func createGroup(t *testing.T, d *azure.Driver, name string, n int) {
+	t.Helper()
+	s := spec
+	s.Name, s.Capacity = name, n
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	op, err := d.CreateGroup(ctx, s)
+	if err != nil {
+		t.Fatalf("CreateGroup(%s): %v", name, err)
+	}
+	if err := op.Wait(ctx); err != nil {
+		t.Fatalf("CreateGroup(%s).Wait: %v", name, err)
+	}
+}
+
+type logged struct {
+	Method string `json:"method"`
+	Path   string `json:"path"`
+	Status int    `json:"status"`
+}
+
+func requests(t *testing.T, e *azemu.Emulator) []logged {
+	t.Helper()
+	var out []logged
+	if err := admin(context.Background(), e, http.MethodGet, "/_emulator/requests", nil, &out); err != nil {
+		t.Fatalf("request log: %v", err)
+	}
+	return out
+}
+
+func TestThrottleReturnsRetryAfter(t *testing.T) {
+	e := startEmulator(t, azemu.Options{})
+	d := newDriver(t, e)
+	createGroup(t, d, spec.Name, 2)
+	setFaults(t, e, `{"throttle":{"match":"virtualMachines","retry_after_s":120,"count":5}}`)
+
+	ctx := context.Background()
+	start := time.Now()
+	_, err := d.ListInstances(ctx, spec.Name)
+	took := time.Since(start)
+	te, ok := provider.AsThrottled(err)
+	if !ok {
+		t.Fatalf("ListInstances under throttle = %v, want a ThrottledError", err)
+	}
+	if te.RetryAfter != 120*time.Second {
+		t.Errorf("RetryAfter = %s, want 2m0s", te.RetryAfter)
+	}
+	if !strings.Contains(te.Op, spec.Name) {
+		t.Errorf("Op = %q, want it to name the scale set", te.Op)
+	}
+	if took > 5*time.Second {
+		t.Errorf("ListInstances took %s: the SDK waited out the throttle", took)
+	}
+	if _, err := d.GetGroup(ctx, spec.Name); err == nil {
+		t.Errorf("GetGroup under throttle succeeded")
+	} else if _, ok := provider.AsThrottled(err); !ok {
+		t.Errorf("GetGroup under throttle = %v, want ThrottledError", err)
+	}
+}
+
+// TestThrottleNotRetriedBySDK uses a Retry-After short enough that the SDK's
+// default policy would wait it out and retry: the driver must not.
+func TestThrottleNotRetriedBySDK(t *testing.T) {
+	e := startEmulator(t, azemu.Options{})
+	d := newDriver(t, e)
+	createGroup(t, d, spec.Name, 1)
+	setFaults(t, e, `{"throttle":{"match":"virtualMachineScaleSets/`+spec.Name+`","method":"GET","retry_after_s":1,"count":1}}`)
+	before := len(requests(t, e))
+
+	_, err := d.GetGroup(context.Background(), spec.Name)
+	if te, ok := provider.AsThrottled(err); !ok || te.RetryAfter != time.Second {
+		t.Fatalf("GetGroup = %v, want ThrottledError with RetryAfter 1s", err)
+	}
+	var gets int
+	for _, r := range requests(t, e)[before:] {
+		if r.Method == http.MethodGet && strings.Contains(r.Path, "virtualMachineScaleSets/"+spec.Name) {
+			gets++
+		}
+	}
+	if gets != 1 {
+		t.Errorf("emulator saw %d GETs of the scale set, want 1 (no retry inside the SDK)", gets)
+	}
+	if _, err := d.GetGroup(context.Background(), spec.Name); err != nil {
+		t.Errorf("GetGroup after the throttle: %v", err)
+	}
+}
+
+func TestThrottleWhilePolling(t *testing.T) {
+	e := startEmulator(t, azemu.Options{LRODelay: 500 * time.Millisecond})
+	d := newDriver(t, e)
+	createGroup(t, d, spec.Name, 2)
+	ins, err := d.ListInstances(context.Background(), spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op, err := d.Reimage(context.Background(), spec.Name, []string{ins[0].ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setFaults(t, e, `{"throttle":{"match":"/operations/","retry_after_s":7,"count":1}}`)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = op.Wait(ctx)
+	if te, ok := provider.AsThrottled(err); !ok || te.RetryAfter != 7*time.Second {
+		t.Fatalf("Wait under a polling throttle = %v, want ThrottledError 7s", err)
+	}
+	// The Op survives a throttle: waiting again finishes it.
+	if err := op.Wait(ctx); err != nil {
+		t.Fatalf("second Wait: %v", err)
+	}
+}
+
+func TestPagingOverManyVMs(t *testing.T) {
+	const pageSize, n = 3, 11
+	e := startEmulator(t, azemu.Options{PageSize: pageSize})
+	d := newDriver(t, e)
+	createGroup(t, d, spec.Name, n)
+	ctx := context.Background()
+
+	before := len(requests(t, e))
+	ins, err := d.ListInstances(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ins) != n {
+		t.Fatalf("ListInstances: %d instances, want %d", len(ins), n)
+	}
+	seen := map[string]bool{}
+	for _, in := range ins {
+		if in.IP == "" || seen[in.IP] {
+			t.Errorf("instance %s: IP %q empty or repeated", in.ID, in.IP)
+		}
+		seen[in.IP] = true
+		if want := spec.Name + "_" + in.ID; in.Name != want {
+			t.Errorf("instance name %q, want %q", in.Name, want)
+		}
+	}
+	var vmPages, nicPages int
+	for _, r := range requests(t, e)[before:] {
+		switch {
+		case strings.HasSuffix(r.Path, "/networkInterfaces"):
+			nicPages++
+		case strings.HasSuffix(r.Path, "/virtualMachines"):
+			vmPages++
+		default:
+			t.Errorf("unexpected request %s %s during ListInstances", r.Method, r.Path)
+		}
+	}
+	wantPages := (n + pageSize - 1) / pageSize
+	if vmPages != wantPages || nicPages != wantPages {
+		t.Errorf("ListInstances read %d VM pages and %d NIC pages, want %d of each", vmPages, nicPages, wantPages)
+	}
+
+	// Groups page too.
+	for i := range 4 {
+		createGroup(t, d, fmt.Sprintf("extra%d", i), 0)
+	}
+	groups, err := d.ListGroups(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(groups) != 5 {
+		t.Errorf("ListGroups: %d groups, want 5", len(groups))
+	}
+}
+
+func TestResumeAfterDriverRestart(t *testing.T) {
+	e := startEmulator(t, azemu.Options{})
+	d1 := newDriver(t, e)
+	createGroup(t, d1, spec.Name, 2)
+	g, err := d1.GetGroup(context.Background(), spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setFaults(t, e, `{"lro_delay_ms":1500}`)
+	op, err := d1.SetCapacity(context.Background(), spec.Name, 4, g.ETag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := op.Token()
+	if token == "" {
+		t.Fatal("SetCapacity: no token before Wait")
+	}
+	// A driver dies mid-operation; it never waited. A new one picks up the token.
+	d2 := newDriver(t, e)
+	resumed, err := d2.Resume(context.Background(), provider.KindCapacity, token)
+	if err != nil {
+		t.Fatalf("Resume: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := resumed.Wait(ctx); err != nil {
+		t.Fatalf("resumed Wait: %v", err)
+	}
+	if took := time.Since(start); took < 500*time.Millisecond {
+		t.Errorf("resumed Wait returned after %s, before the operation's delay", took)
+	}
+	ins, err := d2.ListInstances(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ins) != 4 {
+		t.Errorf("after resumed SetCapacity: %d instances, want 4", len(ins))
+	}
+}
+
+func TestWaitHonoursContext(t *testing.T) {
+	e := startEmulator(t, azemu.Options{})
+	d := newDriver(t, e)
+	createGroup(t, d, spec.Name, 1)
+	setFaults(t, e, `{"lro_delay_ms":60000}`)
+	op, err := d.SetCapacity(context.Background(), spec.Name, 2, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := op.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Wait = %v, want DeadlineExceeded", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Wait overran its deadline: %s", took)
+	}
+}
+
+var opIDRE = regexp.MustCompile(`/operations/[^?"\\]+`)
+
+func TestUnknownOperationTokenRejected(t *testing.T) {
+	e := startEmulator(t, azemu.Options{})
+	d := newDriver(t, e)
+	createGroup(t, d, spec.Name, 1)
+	setFaults(t, e, `{"lro_delay_ms":2000}`)
+	op, err := d.SetCapacity(context.Background(), spec.Name, 2, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !opIDRE.MatchString(op.Token()) {
+		t.Fatalf("token %s: no operation URL in it", op.Token())
+	}
+	forgotten := opIDRE.ReplaceAllString(op.Token(), "/operations/00000000-dead-beef-0000-000000000000")
+	resumed, err := d.Resume(context.Background(), provider.KindCapacity, forgotten)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		err = resumed.Wait(ctx)
+	}
+	if !errors.Is(err, provider.ErrTokenRejected) {
+		t.Errorf("resuming an operation Azure does not know = %v, want ErrTokenRejected", err)
+	}
+}
+
+func TestPreemptedReimage(t *testing.T) {
+	e := startEmulator(t, azemu.Options{})
+	d := newDriver(t, e)
+	createGroup(t, d, spec.Name, 2)
+	ins, err := d.ListInstances(context.Background(), spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setFaults(t, e, `{"operation_preempted":{"count":1}}`)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	op, err := d.Reimage(ctx, spec.Name, []string{ins[0].ID})
+	if err == nil {
+		err = op.Wait(ctx)
+	}
+	if !errors.Is(err, provider.ErrPreempted) {
+		t.Fatalf("preempted reimage = %v, want ErrPreempted", err)
+	}
+	if !strings.Contains(err.Error(), "reimage "+spec.Name) || !strings.Contains(err.Error(), ins[0].ID) {
+		t.Errorf("error %q does not name the scale set and ids", err)
+	}
+}
+
+func TestFailedProvisioning(t *testing.T) {
+	e := startEmulator(t, azemu.Options{})
+	d := newDriver(t, e)
+	setFaults(t, e, `{"fail_provisioning":1}`)
+	s := spec
+	s.Capacity = 2
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	op, err := d.CreateGroup(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = op.Wait(ctx) // the operation may fail; the instances tell the truth
+	ins, err := d.ListInstances(ctx, s.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failed int
+	for _, in := range ins {
+		if in.State == provider.InstanceFailed {
+			failed++
+		}
+	}
+	if len(ins) != 2 || failed != 1 {
+		t.Errorf("instances %v: want 2 with one failed", ins)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	e := startEmulator(t, azemu.Options{SubnetPrefix: "10.1.0.0/24"})
+	d := newDriver(t, e)
+	ctx := context.Background()
+	if n, err := d.VCPUs(ctx, "Standard_D4s_v3"); err != nil || n != 4 {
+		t.Errorf("VCPUs(Standard_D4s_v3) = %d, %v; want 4", n, err)
+	}
+	if _, err := d.VCPUs(ctx, "Standard_Nonexistent"); !errors.Is(err, provider.ErrNotFound) {
+		t.Errorf("VCPUs(unknown) = %v, want ErrNotFound", err)
+	}
+	u, err := d.CoreUsage(ctx, "")
+	if err != nil || u.Name != "cores" || u.Limit <= 0 {
+		t.Errorf("CoreUsage = %+v, %v", u, err)
+	}
+	if n, err := d.SubnetLimit(ctx); err != nil || n != 243 {
+		t.Errorf("SubnetLimit = %d, %v; want 243", n, err)
+	}
+}
+
+// TestResumeAfterCloudRestart restarts the emulator (same address, same state)
+// as well as the driver while an operation is in flight.
+func TestResumeAfterCloudRestart(t *testing.T) {
+	dir := t.TempDir()
+	e1, err := azemu.New(azemu.Options{Listen: "127.0.0.1:0", StateDir: dir, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e1.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d1 := newDriver(t, e1)
+	createGroup(t, d1, spec.Name, 2)
+	ins, err := d1.ListInstances(context.Background(), spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setFaults(t, e1, `{"lro_delay_ms":1500}`)
+	op, err := d1.Delete(context.Background(), spec.Name, []string{ins[0].ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := op.Token()
+	_ = d1.Close()
+	addr := e1.Addr()
+	if err := e1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	e2 := startEmulator(t, azemu.Options{Listen: addr, StateDir: dir})
+	d2 := newDriver(t, e2)
+	resumed, err := d2.Resume(context.Background(), provider.KindDelete, token)
+	if err != nil {
+		t.Fatalf("Resume: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := resumed.Wait(ctx); err != nil {
+		t.Fatalf("resumed Wait: %v", err)
+	}
+	after, err := d2.ListInstances(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != 1 || after[0].ID == ins[0].ID {
+		t.Errorf("after resumed delete of %s: %v", ins[0].ID, after)
+	}
+}

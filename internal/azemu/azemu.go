@@ -171,6 +171,8 @@ func New(opts Options) (*Emulator, error) {
 		analysis: [2]time.Duration{lo, hi},
 		faults:   faults,
 		agents:   map[string]*agent{},
+		// The agents of the VMs in the state have never been started.
+		agentRetry: true,
 	}
 	if e.dir == "" {
 		d, err := os.MkdirTemp("", "azemu-*")

@@ -1,0 +1,878 @@
+package azemu
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
+)
+
+func TestScaleSetCreateListAndAgents(t *testing.T) {
+	opts := testOptions(t)
+	opts.PageSize = 2
+	e := startEmulator(t, opts)
+	c := newClients(t, e)
+	ctx := ctxT(t)
+
+	poller, err := c.sets.BeginCreateOrUpdate(ctx, testRG, "win10", scaleSetBody(3), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// VMs exist, Creating, as soon as the PUT is answered.
+	vms, _, err := listVMsPages(ctx, c, "win10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vms) != 3 {
+		t.Fatalf("after PUT: %d VMs, want 3", len(vms))
+	}
+	res, err := poller.PollUntilDone(ctx, fastPoll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := res.VirtualMachineScaleSet
+	if *set.SKU.Capacity != 3 || *set.Properties.ProvisioningState != "Succeeded" || set.Etag == nil || *set.Tags["AUTO_SCALE_CAPE"] != "True" {
+		t.Fatalf("created set: capacity %d state %s etag %v tags %v", *set.SKU.Capacity, *set.Properties.ProvisioningState, set.Etag, set.Tags)
+	}
+	if got := *set.Properties.VirtualMachineProfile.StorageProfile.ImageReference.ID; !strings.HasSuffix(got, "/images/win10") {
+		t.Fatalf("image reference %s", got)
+	}
+	if set.Properties.VirtualMachineProfile.OSProfile.AdminPassword != nil {
+		t.Fatal("the admin password is returned")
+	}
+
+	vms, pages, err := listVMsPages(ctx, c, "win10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pages != 2 {
+		t.Fatalf("3 VMs at page size 2 came in %d pages", pages)
+	}
+	for i, v := range vms {
+		id, prov, power := vmState(v)
+		if want := []string{"0", "1", "2"}[i]; id != want || prov != "Succeeded" || power != "running" {
+			t.Fatalf("VM %d: id %s %s/%s", i, id, prov, power)
+		}
+		if *v.Name != "win10_"+id {
+			t.Fatalf("VM name %s", *v.Name)
+		}
+		if *v.Properties.StorageProfile.OSDisk.OSType != armcompute.OperatingSystemTypesWindows {
+			t.Fatalf("os type %s", *v.Properties.StorageProfile.OSDisk.OSType)
+		}
+	}
+
+	nics := listNICs(t, c, "win10")
+	if len(nics) != 3 {
+		t.Fatalf("%d NICs, want 3", len(nics))
+	}
+	block := netip.MustParsePrefix(e.IPBlock())
+	for i, n := range nics {
+		if got, want := *n.Properties.VirtualMachine.ID, *vms[i].ID; got != want {
+			t.Fatalf("NIC %d belongs to %s, want %s", i, got, want)
+		}
+		ip := netip.MustParseAddr(*n.Properties.IPConfigurations[0].Properties.PrivateIPAddress)
+		if !block.Contains(ip) {
+			t.Fatalf("IP %s outside %s", ip, block)
+		}
+	}
+	one, err := c.nics.GetVirtualMachineScaleSetNetworkInterface(ctx, testRG, "win10", "1", "win10-nic", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *one.Properties.IPConfigurations[0].Properties.PrivateIPAddress != *nics[1].Properties.IPConfigurations[0].Properties.PrivateIPAddress {
+		t.Fatal("NIC get and list disagree")
+	}
+
+	for id, ip := range ipsByID(t, c, "win10") {
+		hello, err := agentGet(ip, opts.AgentPort, "/", 5*time.Second)
+		if err != nil {
+			t.Fatalf("agent of VM %s at %s: %v", id, ip, err)
+		}
+		if hello["message"] != "CAPE Agent!" || hello["version"] != "0.22" || hello["status_code"] != float64(200) {
+			t.Fatalf("agent GET /: %v", hello)
+		}
+		st, err := agentGet(ip, opts.AgentPort, "/status", 5*time.Second)
+		if err != nil || st["status"] != "init" {
+			t.Fatalf("agent GET /status: %v %v", st, err)
+		}
+	}
+}
+
+func TestCapacityETagReimageDelete(t *testing.T) {
+	opts := testOptions(t)
+	e := startEmulator(t, opts)
+	c := newClients(t, e)
+	ctx := ctxT(t)
+	set := createSet(t, c, "pool", 3)
+	etag0 := *set.Etag
+
+	// Scale out with the current ETag.
+	p, err := c.sets.BeginUpdate(ctx, testRG, "pool", armcompute.VirtualMachineScaleSetUpdate{
+		SKU: &armcompute.SKU{Capacity: to.Ptr[int64](5)},
+	}, &armcompute.VirtualMachineScaleSetsClientBeginUpdateOptions{IfMatch: &etag0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	upd, err := p.PollUntilDone(ctx, fastPoll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *upd.SKU.Capacity != 5 || *upd.Etag == etag0 {
+		t.Fatalf("after scale-out: capacity %d etag %s (was %s)", *upd.SKU.Capacity, *upd.Etag, etag0)
+	}
+	if got := ids(listVMs(t, c, "pool")); !slices.Equal(got, []string{"0", "1", "2", "3", "4"}) {
+		t.Fatalf("ids after scale-out: %v", got)
+	}
+
+	// A stale ETag is refused.
+	_, err = c.sets.BeginUpdate(ctx, testRG, "pool", armcompute.VirtualMachineScaleSetUpdate{
+		SKU: &armcompute.SKU{Capacity: to.Ptr[int64](1)},
+	}, &armcompute.VirtualMachineScaleSetsClientBeginUpdateOptions{IfMatch: &etag0})
+	respErr(t, err, http.StatusPreconditionFailed, "PreconditionFailed")
+	// If-None-Match: * refuses to overwrite an existing set.
+	_, err = c.sets.BeginCreateOrUpdate(ctx, testRG, "pool", scaleSetBody(3),
+		&armcompute.VirtualMachineScaleSetsClientBeginCreateOrUpdateOptions{IfNoneMatch: to.Ptr("*")})
+	respErr(t, err, http.StatusPreconditionFailed, "PreconditionFailed")
+	got, err := c.sets.Get(ctx, testRG, "pool", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *got.SKU.Capacity != 5 {
+		t.Fatalf("a refused update changed the capacity to %d", *got.SKU.Capacity)
+	}
+
+	// Reimage keeps instance ids and IPs; VMs are Updating and agents down
+	// meanwhile.
+	before := ipsByID(t, c, "pool")
+	if _, err := e.SetFaults([]byte(`{"lro_delay_ms": 1500}`)); err != nil {
+		t.Fatal(err)
+	}
+	rp, err := c.sets.BeginReimage(ctx, testRG, "pool", &armcompute.VirtualMachineScaleSetsClientBeginReimageOptions{
+		VMScaleSetReimageInput: &armcompute.VirtualMachineScaleSetReimageParameters{InstanceIDs: []*string{to.Ptr("1"), to.Ptr("3")}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range listVMs(t, c, "pool") {
+		id, prov, _ := vmState(v)
+		reimaging := id == "1" || id == "3"
+		if reimaging != (prov == "Updating") {
+			t.Fatalf("during reimage: VM %s is %s", id, prov)
+		}
+	}
+	if !agentRefused(before["1"], opts.AgentPort) {
+		t.Fatal("agent of a reimaging VM still listens")
+	}
+	if _, err := rp.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.SetFaults([]byte(`{"clear": true}`)); err != nil {
+		t.Fatal(err)
+	}
+	if after := ipsByID(t, c, "pool"); !mapsEqual(before, after) {
+		t.Fatalf("reimage changed IPs: %v -> %v", before, after)
+	}
+	for _, v := range listVMs(t, c, "pool") {
+		if _, prov, power := vmState(v); prov != "Succeeded" || power != "running" {
+			t.Fatalf("after reimage VM %s is %s/%s", *v.InstanceID, prov, power)
+		}
+	}
+	if _, err := agentGet(before["1"], opts.AgentPort, "/", 5*time.Second); err != nil {
+		t.Fatalf("agent after reimage: %v", err)
+	}
+
+	// Delete instances by id.
+	dp, err := c.sets.BeginDeleteInstances(ctx, testRG, "pool",
+		armcompute.VirtualMachineScaleSetVMInstanceRequiredIDs{InstanceIDs: []*string{to.Ptr("0")}},
+		&armcompute.VirtualMachineScaleSetsClientBeginDeleteInstancesOptions{ForceDeletion: to.Ptr(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dp.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(listVMs(t, c, "pool")); !slices.Equal(got, []string{"1", "2", "3", "4"}) {
+		t.Fatalf("ids after deleting 0: %v", got)
+	}
+	if !agentRefused(before["0"], opts.AgentPort) {
+		t.Fatal("agent of a deleted VM still listens")
+	}
+	// Deleting an absent instance is InvalidParameter.
+	_, err = c.sets.BeginDeleteInstances(ctx, testRG, "pool",
+		armcompute.VirtualMachineScaleSetVMInstanceRequiredIDs{InstanceIDs: []*string{to.Ptr("0")}}, nil)
+	respErr(t, err, http.StatusBadRequest, "InvalidParameter")
+
+	// Scale-in removes the newest; scale-out never reuses an id.
+	for _, n := range []int64{2, 3} {
+		p, err := c.sets.BeginUpdate(ctx, testRG, "pool", armcompute.VirtualMachineScaleSetUpdate{SKU: &armcompute.SKU{Capacity: to.Ptr(n)}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.PollUntilDone(ctx, fastPoll); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := ids(listVMs(t, c, "pool")); !slices.Equal(got, []string{"1", "2", "5"}) {
+		t.Fatalf("ids after scale to 2 and 3: %v", got)
+	}
+
+	// Per-VM reimage and delete.
+	vp, err := c.vms.BeginReimage(ctx, testRG, "pool", "2", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vp.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatal(err)
+	}
+	vd, err := c.vms.BeginDelete(ctx, testRG, "pool", "5", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vd.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatal(err)
+	}
+	one, err := c.vms.Get(ctx, testRG, "pool", "2", &armcompute.VirtualMachineScaleSetVMsClientGetOptions{Expand: to.Ptr(armcompute.InstanceViewTypesInstanceView)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, prov, power := vmState(&one.VirtualMachineScaleSetVM); prov != "Succeeded" || power != "running" {
+		t.Fatalf("VM 2: %s/%s", prov, power)
+	}
+	_, err = c.vms.Get(ctx, testRG, "pool", "5", nil)
+	respErr(t, err, http.StatusNotFound, "ResourceNotFound")
+	got, err = c.sets.Get(ctx, testRG, "pool", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *got.SKU.Capacity != 2 {
+		t.Fatalf("capacity %d after deleting VM 5, want 2", *got.SKU.Capacity)
+	}
+
+	// Delete the set.
+	sd, err := c.sets.BeginDelete(ctx, testRG, "pool", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sd.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.sets.Get(ctx, testRG, "pool", nil)
+	respErr(t, err, http.StatusNotFound, "ResourceNotFound")
+	_, _, err = listVMsPages(ctx, c, "pool")
+	respErr(t, err, http.StatusNotFound, "ParentResourceNotFound")
+	if !agentRefused(before["1"], opts.AgentPort) {
+		t.Fatal("agent of a deleted set still listens")
+	}
+}
+
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestListScaleSetsPaged(t *testing.T) {
+	opts := testOptions(t)
+	opts.PageSize = 2
+	e := startEmulator(t, opts)
+	c := newClients(t, e)
+	for _, n := range []string{"c", "a", "b"} {
+		createSet(t, c, n, 0)
+	}
+	var names []string
+	pager := c.sets.NewListPager(testRG, nil)
+	for pager.More() {
+		page, err := pager.NextPage(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range page.Value {
+			names = append(names, *s.Name)
+		}
+	}
+	if !slices.Equal(names, []string{"a", "b", "c"}) {
+		t.Fatalf("listed %v", names)
+	}
+	// Another resource group holds none of them.
+	page, err := c.sets.NewListPager("other-rg", nil).NextPage(ctxT(t))
+	if err != nil || len(page.Value) != 0 {
+		t.Fatalf("other group: %v %v", page.Value, err)
+	}
+}
+
+func TestResumeTokenAcrossRestart(t *testing.T) {
+	opts := testOptions(t)
+	opts.LRODelay = 600 * time.Millisecond
+	e1 := startEmulator(t, opts)
+	c1 := newClients(t, e1)
+	ctx := ctxT(t)
+	addr := e1.Addr()
+
+	// Resume in the same process first.
+	p, err := c1.sets.BeginCreateOrUpdate(ctx, testRG, "resume", scaleSetBody(2), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := p.ResumeToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := c1.sets.BeginCreateOrUpdate(ctx, testRG, "resume", armcompute.VirtualMachineScaleSet{},
+		&armcompute.VirtualMachineScaleSetsClientBeginCreateOrUpdateOptions{ResumeToken: tok})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p2.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatal(err)
+	}
+
+	// Begin a reimage and a scale-out, keep their tokens, restart the
+	// emulator in the middle.
+	rp, err := c1.sets.BeginReimageAll(ctx, testRG, "resume", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reimageTok, err := rp.ResumeToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := c1.sets.BeginUpdate(ctx, testRG, "resume", armcompute.VirtualMachineScaleSetUpdate{SKU: &armcompute.SKU{Capacity: to.Ptr[int64](3)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	updateTok, err := up.ResumeToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !agentRefused(e1.st.sets[setKey(testSub, testRG, "resume")].VMs[0].IP, opts.AgentPort) {
+		t.Fatal("agents survive Close")
+	}
+
+	e2 := startOn(t, opts, addr)
+	c2 := newClients(t, e2)
+	rp2, err := c2.sets.BeginReimageAll(ctx, testRG, "resume",
+		&armcompute.VirtualMachineScaleSetsClientBeginReimageAllOptions{ResumeToken: reimageTok})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rp2.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatal(err)
+	}
+	up2, err := c2.sets.BeginUpdate(ctx, testRG, "resume", armcompute.VirtualMachineScaleSetUpdate{},
+		&armcompute.VirtualMachineScaleSetsClientBeginUpdateOptions{ResumeToken: updateTok})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := up2.PollUntilDone(ctx, fastPoll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *res.SKU.Capacity != 3 || *res.Properties.ProvisioningState != "Succeeded" {
+		t.Fatalf("resumed update: capacity %d state %s", *res.SKU.Capacity, *res.Properties.ProvisioningState)
+	}
+	vms := listVMs(t, c2, "resume")
+	if got := ids(vms); !slices.Equal(got, []string{"0", "1", "2"}) {
+		t.Fatalf("ids %v", got)
+	}
+	for id, ip := range ipsByID(t, c2, "resume") {
+		if _, err := agentGet(ip, opts.AgentPort, "/", 5*time.Second); err != nil {
+			t.Fatalf("agent of VM %s after restart: %v", id, err)
+		}
+	}
+
+	// An operation that ended while the emulator was down reports its end.
+	dp, err := c2.sets.BeginDeleteInstances(ctx, testRG, "resume",
+		armcompute.VirtualMachineScaleSetVMInstanceRequiredIDs{InstanceIDs: []*string{to.Ptr("2")}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delTok, err := dp.ResumeToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Let the operation's end pass while no emulator runs (wall time, not a
+	// condition to wait for).
+	time.Sleep(opts.LRODelay)
+	e3 := startOn(t, opts, addr)
+	c3 := newClients(t, e3)
+	dp3, err := c3.sets.BeginDeleteInstances(ctx, testRG, "resume", armcompute.VirtualMachineScaleSetVMInstanceRequiredIDs{},
+		&armcompute.VirtualMachineScaleSetsClientBeginDeleteInstancesOptions{ResumeToken: delTok})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dp3.Poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !dp3.Done() {
+		t.Fatal("an operation whose end passed during the restart is still in progress")
+	}
+	if _, err := dp3.Result(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(listVMs(t, c3, "resume")); !slices.Equal(got, []string{"0", "1"}) {
+		t.Fatalf("ids %v", got)
+	}
+}
+
+func TestUnknownOperationIs404(t *testing.T) {
+	e := startEmulator(t, testOptions(t))
+	c := newClients(t, e)
+	tok := `{"type":"VirtualMachineScaleSetsClientDeleteResponse","token":{"asyncURL":"` + e.URL() +
+		`/subscriptions/` + testSub + `/providers/Microsoft.Compute/locations/westeurope/operations/nope?api-version=2026-04-01","locURL":"","origURL":"` +
+		e.URL() + `/x","method":"DELETE","finalState":"","state":"InProgress"}}`
+	p, err := c.sets.BeginDelete(ctxT(t), testRG, "x", &armcompute.VirtualMachineScaleSetsClientBeginDeleteOptions{ResumeToken: tok})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.PollUntilDone(ctxT(t), fastPoll)
+	respErr(t, err, http.StatusNotFound, "ResourceNotFound")
+}
+
+func TestThrottle(t *testing.T) {
+	e := startEmulator(t, testOptions(t))
+	c := newClients(t, e)
+	ctx := ctxT(t)
+	createSet(t, c, "thr", 1)
+	status := c.adminDo(t, http.MethodPost, "/_emulator/faults",
+		`{"throttle": {"match": "virtualMachines", "retry_after_s": 120, "count": 2}}`, nil)
+	if status != http.StatusOK {
+		t.Fatalf("set faults: %d", status)
+	}
+	for i := range 2 {
+		_, _, err := listVMsPages(ctx, c, "thr")
+		re := respErr(t, err, http.StatusTooManyRequests, "TooManyRequests")
+		if ra := re.RawResponse.Header.Get("Retry-After"); ra != "120" {
+			t.Fatalf("request %d: Retry-After %q", i, ra)
+		}
+	}
+	if _, _, err := listVMsPages(ctx, c, "thr"); err != nil {
+		t.Fatalf("after the count: %v", err)
+	}
+	// Without a count it lasts until cleared; paths that do not match pass.
+	c.adminDo(t, http.MethodPost, "/_emulator/faults", `{"throttle": {"match": "/networkInterfaces", "retry_after_s": 3}}`, nil)
+	for range 3 {
+		pager := c.nics.NewListVirtualMachineScaleSetNetworkInterfacesPager(testRG, "thr", nil)
+		_, err := pager.NextPage(ctx)
+		respErr(t, err, http.StatusTooManyRequests, "TooManyRequests")
+	}
+	if _, err := c.sets.Get(ctx, testRG, "thr", nil); err != nil {
+		t.Fatal(err)
+	}
+	var f Faults
+	c.adminDo(t, http.MethodGet, "/_emulator/faults", "", &f)
+	if f.Throttle == nil || f.Throttle.Match != "/networkInterfaces" {
+		t.Fatalf("GET faults: %+v", f)
+	}
+	var cleared Faults
+	c.adminDo(t, http.MethodPost, "/_emulator/faults", `{}`, &cleared)
+	if cleared.Throttle != nil {
+		t.Fatalf("{} did not clear: %+v", cleared)
+	}
+	if _, err := c.nics.NewListVirtualMachineScaleSetNetworkInterfacesPager(testRG, "thr", nil).NextPage(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPreemptionAndFailedProvisioning(t *testing.T) {
+	opts := testOptions(t)
+	e := startEmulator(t, opts)
+	c := newClients(t, e)
+	ctx := ctxT(t)
+	set := createSet(t, c, "flaky", 1)
+
+	if _, err := e.SetFaults([]byte(`{"operation_preempted": 1}`)); err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.sets.BeginUpdate(ctx, testRG, "flaky", armcompute.VirtualMachineScaleSetUpdate{SKU: &armcompute.SKU{Capacity: to.Ptr[int64](2)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.PollUntilDone(ctx, fastPoll)
+	respErr(t, err, http.StatusOK, "OperationPreempted")
+	got, err := c.sets.Get(ctx, testRG, "flaky", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *got.SKU.Capacity != 1 || *got.Etag != *set.Etag {
+		t.Fatalf("a preempted update changed the set: capacity %d etag %s", *got.SKU.Capacity, *got.Etag)
+	}
+
+	if _, err := e.SetFaults([]byte(`{"fail_provisioning": 1}`)); err != nil {
+		t.Fatal(err)
+	}
+	p, err = c.sets.BeginUpdate(ctx, testRG, "flaky", armcompute.VirtualMachineScaleSetUpdate{SKU: &armcompute.SKU{Capacity: to.Ptr[int64](3)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.PollUntilDone(ctx, fastPoll)
+	respErr(t, err, http.StatusOK, "OSProvisioningTimedOut")
+	states := map[string]string{}
+	for _, v := range listVMs(t, c, "flaky") {
+		id, prov, _ := vmState(v)
+		states[id] = prov
+	}
+	if states["0"] != "Succeeded" || states["1"] != "Failed" || states["2"] != "Succeeded" {
+		t.Fatalf("states %v", states)
+	}
+	ips := ipsByID(t, c, "flaky")
+	if !agentRefused(ips["1"], opts.AgentPort) {
+		t.Fatal("a VM whose provisioning failed runs an agent")
+	}
+	// Reimage repairs it.
+	rp, err := c.vms.BeginReimage(ctx, testRG, "flaky", "1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rp.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agentGet(ips["1"], opts.AgentPort, "/", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAdminEndpoints(t *testing.T) {
+	opts := testOptions(t)
+	e := startEmulator(t, opts)
+	c := newClients(t, e)
+	ctx := ctxT(t)
+	createSet(t, c, "adm", 1)
+	e.ClearRequests()
+
+	var added VMInfo
+	if st := c.adminDo(t, http.MethodPost, "/_emulator/scalesets/adm/vms", "", &added); st != http.StatusCreated {
+		t.Fatalf("add: %d", st)
+	}
+	if added.InstanceID != "1" || added.IP == "" || added.Name != "adm_1" || added.ProvisioningState != "Succeeded" || added.Agent != "up" {
+		t.Fatalf("added %+v", added)
+	}
+	if _, err := agentGet(added.IP, opts.AgentPort, "/", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.sets.Get(ctx, testRG, "adm", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *got.SKU.Capacity != 2 {
+		t.Fatalf("capacity %d after an out-of-band add", *got.SKU.Capacity)
+	}
+
+	// down closes the listener, hang accepts and never answers, up restores.
+	agent := "/_emulator/scalesets/adm/vms/1/agent"
+	var info VMInfo
+	c.adminDo(t, http.MethodPost, agent, `{"state": "down"}`, &info)
+	if info.Agent != "down" || !agentRefused(added.IP, opts.AgentPort) {
+		t.Fatalf("down: %+v", info)
+	}
+	c.adminDo(t, http.MethodPost, agent, `{"state": "hang"}`, &info)
+	if info.Agent != "hang" || agentRefused(added.IP, opts.AgentPort) {
+		t.Fatalf("hang: %+v", info)
+	}
+	if _, err := agentGet(added.IP, opts.AgentPort, "/", 300*time.Millisecond); err == nil {
+		t.Fatal("a hung agent answered")
+	}
+	c.adminDo(t, http.MethodPost, agent, `{"state": "up"}`, &info)
+	if _, err := agentGet(added.IP, opts.AgentPort, "/", 5*time.Second); err != nil || info.Agent != "up" {
+		t.Fatalf("up: %+v %v", info, err)
+	}
+	if st := c.adminDo(t, http.MethodPost, agent, `{"state": "sideways"}`, nil); st != http.StatusBadRequest {
+		t.Fatalf("bad agent state: %d", st)
+	}
+
+	var sets []ScaleSetInfo
+	c.adminDo(t, http.MethodGet, "/_emulator/scalesets", "", &sets)
+	if len(sets) != 1 || sets[0].Name != "adm" || len(sets[0].VMs) != 2 || sets[0].VMs[1].IP != added.IP {
+		t.Fatalf("scalesets: %+v", sets)
+	}
+
+	// Lose one: eviction.
+	var removed VMInfo
+	if st := c.adminDo(t, http.MethodDelete, "/_emulator/scalesets/adm/vms/0", "", &removed); st != http.StatusOK {
+		t.Fatalf("remove: %d", st)
+	}
+	if got := ids(listVMs(t, c, "adm")); !slices.Equal(got, []string{"1"}) {
+		t.Fatalf("ids after eviction %v", got)
+	}
+	if !agentRefused(removed.IP, opts.AgentPort) {
+		t.Fatal("an evicted VM's agent listens")
+	}
+	if st := c.adminDo(t, http.MethodDelete, "/_emulator/scalesets/adm/vms/0", "", nil); st != http.StatusNotFound {
+		t.Fatalf("remove twice: %d", st)
+	}
+	if st := c.adminDo(t, http.MethodPost, "/_emulator/scalesets/nope/vms", "", nil); st != http.StatusNotFound {
+		t.Fatalf("add to a missing set: %d", st)
+	}
+
+	// Same name in two resource groups: the admin API wants to be told which.
+	p, err := c.sets.BeginCreateOrUpdate(ctx, "other-rg", "adm", scaleSetBody(0), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.adminDo(t, http.MethodPost, "/_emulator/scalesets/adm/vms", "", nil); st != http.StatusConflict {
+		t.Fatalf("ambiguous add: %d", st)
+	}
+	if st := c.adminDo(t, http.MethodPost, "/_emulator/scalesets/adm/vms?resource_group=other-rg", "", &added); st != http.StatusCreated || added.InstanceID != "0" {
+		t.Fatalf("add in other-rg: %d %+v", st, added)
+	}
+
+	// Admin requests are not in the request log.
+	for _, r := range e.Requests() {
+		if strings.HasPrefix(r.Path, "/_emulator") {
+			t.Fatalf("admin request logged: %+v", r)
+		}
+	}
+}
+
+func TestRequestLog(t *testing.T) {
+	e := startEmulator(t, testOptions(t))
+	c := newClients(t, e)
+	ctx := ctxT(t)
+	createSet(t, c, "logged", 2)
+	if _, err := c.sets.Get(ctx, testRG, "missing", nil); err == nil {
+		t.Fatal("missing set found")
+	}
+	var recs []RequestRecord
+	if st := c.adminDo(t, http.MethodGet, "/_emulator/requests", "", &recs); st != http.StatusOK {
+		t.Fatal(st)
+	}
+	if len(recs) < 3 {
+		t.Fatalf("%d records", len(recs))
+	}
+	put := recs[0]
+	wantPath := "/subscriptions/" + testSub + "/resourceGroups/" + testRG + "/providers/Microsoft.Compute/virtualMachineScaleSets/logged"
+	if put.Method != http.MethodPut || put.Path != wantPath || put.Status != http.StatusCreated {
+		t.Fatalf("first record %+v", put)
+	}
+	var body struct {
+		SKU struct{ Capacity int } `json:"sku"`
+	}
+	if err := json.Unmarshal(put.Body, &body); err != nil || body.SKU.Capacity != 2 {
+		t.Fatalf("logged body %s: %v", put.Body, err)
+	}
+	last := recs[len(recs)-1]
+	if last.Method != http.MethodGet || last.Status != http.StatusNotFound || string(last.Body) != "null" {
+		t.Fatalf("last record %+v", last)
+	}
+	for i := 1; i < len(recs); i++ {
+		if recs[i].Time.Before(recs[i-1].Time) {
+			t.Fatal("records out of order")
+		}
+		if strings.Contains(recs[i].Path, "?") {
+			t.Fatalf("query in path %s", recs[i].Path)
+		}
+	}
+}
+
+func TestStateSurvivesRestart(t *testing.T) {
+	opts := testOptions(t)
+	e1 := startEmulator(t, opts)
+	c1 := newClients(t, e1)
+	set := createSet(t, c1, "durable", 2)
+	if _, err := e1.AddVM("durable", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e1.SetAgentState("durable", "", "0", "hang"); err != nil {
+		t.Fatal(err)
+	}
+	ips1 := ipsByID(t, c1, "durable")
+	block := e1.IPBlock()
+	caPEM1 := string(e1.ca.certPEM)
+	if err := e1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	e2 := startEmulator(t, opts)
+	c2 := newClients(t, e2)
+	if e2.IPBlock() != block || string(e2.ca.certPEM) != caPEM1 {
+		t.Fatal("the address block or CA changed across a restart")
+	}
+	got, err := c2.sets.Get(ctxT(t), testRG, "durable", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *got.SKU.Capacity != 3 || *got.Tags["pool"] != "win10" || *got.Etag == *set.Etag {
+		t.Fatalf("after restart: capacity %d tags %v etag %s", *got.SKU.Capacity, got.Tags, *got.Etag)
+	}
+	if ips2 := ipsByID(t, c2, "durable"); !mapsEqual(ips1, ips2) {
+		t.Fatalf("IPs changed: %v -> %v", ips1, ips2)
+	}
+	if _, err := agentGet(ips1["2"], opts.AgentPort, "/", 5*time.Second); err != nil {
+		t.Fatalf("agent after restart: %v", err)
+	}
+	if _, err := agentGet(ips1["0"], opts.AgentPort, "/", 300*time.Millisecond); err == nil {
+		t.Fatal("the hung agent answers after a restart")
+	}
+	p, err := c2.sets.BeginUpdate(ctxT(t), testRG, "durable", armcompute.VirtualMachineScaleSetUpdate{SKU: &armcompute.SKU{Capacity: to.Ptr[int64](4)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.PollUntilDone(ctxT(t), fastPoll); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(listVMs(t, c2, "durable")); !slices.Equal(got, []string{"0", "1", "2", "3"}) {
+		t.Fatalf("ids %v", got)
+	}
+}
+
+func TestAuthAndErrors(t *testing.T) {
+	e := startEmulator(t, testOptions(t))
+	c := newClients(t, e)
+	for _, h := range []string{"", "Bearer wrong", "Basic " + Token} {
+		req, _ := http.NewRequest(http.MethodGet, e.URL()+"/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/virtualMachineScaleSets?api-version=x", nil)
+		if h != "" {
+			req.Header.Set("Authorization", h)
+		}
+		resp, err := c.admin.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("auth %q: %d", h, resp.StatusCode)
+		}
+	}
+	ctx := ctxT(t)
+	_, err := c.sets.Get(ctx, testRG, "ghost", nil)
+	respErr(t, err, http.StatusNotFound, "ResourceNotFound")
+	_, err = c.vms.Get(ctx, testRG, "ghost", "0", nil)
+	respErr(t, err, http.StatusNotFound, "ParentResourceNotFound")
+	_, err = c.sets.BeginUpdate(ctx, testRG, "ghost", armcompute.VirtualMachineScaleSetUpdate{}, nil)
+	respErr(t, err, http.StatusNotFound, "ResourceNotFound")
+	// Deleting what is absent is not an error.
+	p, err := c.sets.BeginDelete(ctx, testRG, "ghost", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatal(err)
+	}
+	body := scaleSetBody(1)
+	body.Location = nil
+	_, err = c.sets.BeginCreateOrUpdate(ctx, testRG, "noloc", body, nil)
+	respErr(t, err, http.StatusBadRequest, "LocationRequired")
+}
+
+func TestCatalog(t *testing.T) {
+	e := startEmulator(t, testOptions(t))
+	c := newClients(t, e)
+	ctx := ctxT(t)
+	img, err := c.images.Get(ctx, "gallery-rg", "capegallery", "win10", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(*img.ID, "/galleries/capegallery/images/win10") || *img.Properties.OSType != armcompute.OperatingSystemTypesWindows {
+		t.Fatalf("image %s %s", *img.ID, *img.Properties.OSType)
+	}
+	sn, err := c.subnets.Get(ctx, "vnet-rg", "vnet", "sandbox", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *sn.Properties.AddressPrefix != DefaultSubnetPrefix {
+		t.Fatalf("subnet prefix %s", *sn.Properties.AddressPrefix)
+	}
+
+	vcpus := map[string]string{}
+	pager := c.skus.NewListPager(&armcompute.ResourceSKUsClientListOptions{Filter: to.Ptr("location eq 'westeurope'")})
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range page.Value {
+			for _, cp := range s.Capabilities {
+				if *cp.Name == "vCPUs" {
+					vcpus[*s.Name] = *cp.Value
+				}
+			}
+			if *s.Locations[0] != "westeurope" {
+				t.Fatalf("sku locations %v", s.Locations)
+			}
+		}
+	}
+	if vcpus["Standard_D2s_v3"] != "2" || vcpus["Standard_D4s_v3"] != "4" {
+		t.Fatalf("vCPUs %v", vcpus)
+	}
+
+	createSet(t, c, "quota", 3)
+	if _, err := e.SetFaults([]byte(`{"quota": {"cores": 10, "low_priority_cores": 4}}`)); err != nil {
+		t.Fatal(err)
+	}
+	usage := map[string][2]int64{}
+	up := c.usage.NewListPager("westeurope", nil)
+	for up.More() {
+		page, err := up.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range page.Value {
+			usage[*u.Name.Value] = [2]int64{int64(*u.CurrentValue), *u.Limit}
+		}
+	}
+	if usage["cores"] != [2]int64{6, 10} || usage["lowPriorityCores"] != [2]int64{0, 4} || usage["standardDSv3Family"][0] != 6 {
+		t.Fatalf("usages %v", usage)
+	}
+}
+
+func TestThousandVMs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	opts := testOptions(t)
+	e := startEmulator(t, opts)
+	c := newClients(t, e)
+	ctx := ctxT(t)
+	start := time.Now()
+	createSet(t, c, "big", 1000)
+	created := time.Since(start)
+	start = time.Now()
+	vms := listVMs(t, c, "big")
+	listed := time.Since(start)
+	if len(vms) != 1000 {
+		t.Fatalf("%d VMs", len(vms))
+	}
+	if n := len(ipsByID(t, c, "big")); n != 1000 {
+		t.Fatalf("%d NICs", n)
+	}
+	e.agentMu.Lock()
+	agents := len(e.agents)
+	e.agentMu.Unlock()
+	if agents != 1000 {
+		t.Fatalf("%d agents", agents)
+	}
+	if _, err := agentGet(e.ScaleSets()[0].VMs[999].IP, opts.AgentPort, "/", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("created 1000 VMs with agents in %s, listed them in %s", created, listed)
+	// Generous bounds: the race detector and a busy 2-core machine slow this.
+	if created > 20*time.Second || listed > 10*time.Second {
+		t.Fatalf("too slow: create %s, list %s", created, listed)
+	}
+	p, err := c.sets.BeginDelete(ctx, testRG, "big", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -66,6 +66,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Credential overrides the one azure.credential selects.
 	Credential azcore.TokenCredential
+	// MaxWait bounds a Wait whose context has no deadline (SPEC: no wait is
+	// unbounded); default 300s, timeouts.cloud_operation's default.
+	MaxWait time.Duration
 }
 
 // Driver is the Azure VMSS provider. It is safe for concurrent use.
@@ -74,6 +77,7 @@ type Driver struct {
 	subscription string
 	rg           string
 	poll         time.Duration
+	maxWait      time.Duration
 	log          *slog.Logger
 
 	sets      *armcompute.VirtualMachineScaleSetsClient
@@ -138,6 +142,8 @@ func New(cfg config.Azure, opts Options) (*Driver, error) {
 					http.StatusServiceUnavailable, http.StatusGatewayTimeout,
 				},
 				MaxRetryDelay: 10 * time.Second,
+				// A backstop for calls made without a deadline.
+				TryTimeout: 2 * time.Minute,
 			},
 		},
 		// The emulator has no resource-provider registration endpoint.
@@ -148,11 +154,15 @@ func New(cfg config.Azure, opts Options) (*Driver, error) {
 		subscription: sub,
 		rg:           cfg.SandboxResourceGroup,
 		poll:         opts.PollInterval,
+		maxWait:      opts.MaxWait,
 		log:          opts.Logger,
 		transport:    transport,
 	}
 	if d.poll <= 0 {
 		d.poll = 2 * time.Second
+	}
+	if d.maxWait <= 0 {
+		d.maxWait = 300 * time.Second
 	}
 	if d.log == nil {
 		d.log = slog.Default()

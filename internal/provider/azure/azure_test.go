@@ -68,11 +68,15 @@ func azureConfig(e *azemu.Emulator) config.Azure {
 
 func newDriver(t *testing.T, e *azemu.Emulator) *azure.Driver {
 	t.Helper()
-	d, err := azure.New(azureConfig(e), azure.Options{
-		CertPool:     e.CertPool(),
-		PollInterval: 50 * time.Millisecond,
-		Logger:       quiet,
-	})
+	return newDriverOpts(t, e, azure.Options{})
+}
+
+func newDriverOpts(t *testing.T, e *azemu.Emulator, opts azure.Options) *azure.Driver {
+	t.Helper()
+	opts.CertPool = e.CertPool()
+	opts.PollInterval = 50 * time.Millisecond
+	opts.Logger = quiet
+	d, err := azure.New(azureConfig(e), opts)
 	if err != nil {
 		t.Fatalf("azure.New: %v", err)
 	}
@@ -393,6 +397,20 @@ func TestWaitHonoursContext(t *testing.T) {
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("Wait overran its deadline: %s", took)
 	}
+
+	// A context without a deadline still gets one: MaxWait.
+	bounded := newDriverOpts(t, e, azure.Options{MaxWait: 300 * time.Millisecond})
+	op, err = bounded.SetCapacity(context.Background(), spec.Name, 3, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	if err := op.Wait(context.Background()); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Wait without deadline = %v, want DeadlineExceeded after MaxWait", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Wait without deadline took %s, MaxWait is 300ms", took)
+	}
 }
 
 var opIDRE = regexp.MustCompile(`/operations/[^?"\\]+`)
@@ -418,6 +436,9 @@ func TestUnknownOperationTokenRejected(t *testing.T) {
 	}
 	if !errors.Is(err, provider.ErrTokenRejected) {
 		t.Errorf("resuming an operation Azure does not know = %v, want ErrTokenRejected", err)
+	}
+	if errors.Is(err, provider.ErrNotFound) {
+		t.Errorf("a forgotten operation reads as ErrNotFound (the scale set is there): %v", err)
 	}
 }
 

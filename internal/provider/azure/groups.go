@@ -203,7 +203,7 @@ func (d *Driver) CreateGroup(ctx context.Context, spec provider.PoolSpec) (provi
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
-	return d.begun(newOp(d, op, p, false), "group", spec.Name), nil
+	return d.begun(newOp(d, op, p), "group", spec.Name), nil
 }
 
 // DeleteGroup begins deleting a scale set with all its instances.
@@ -213,7 +213,7 @@ func (d *Driver) DeleteGroup(ctx context.Context, name string) (provider.Op, err
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
-	return d.begun(newOp(d, op, p, false), "group", name), nil
+	return d.begun(newOp(d, op, p), "group", name), nil
 }
 
 // UpdateGroupImage begins pointing a scale set's model at spec.Image; with the
@@ -236,7 +236,7 @@ func (d *Driver) UpdateGroupImage(ctx context.Context, spec provider.PoolSpec) (
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
-	return d.begun(newOp(d, op, p, false), "group", spec.Name), nil
+	return d.begun(newOp(d, op, p), "group", spec.Name), nil
 }
 
 // SetCapacity begins setting a scale set's capacity with If-Match: etag, so a
@@ -256,7 +256,7 @@ func (d *Driver) SetCapacity(ctx context.Context, name string, capacity int, eta
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
-	return d.begun(newOp(d, op, p, false), "group", name, "etag", etag), nil
+	return d.begun(newOp(d, op, p), "group", name, "etag", etag), nil
 }
 
 // begun logs an operation that was just accepted and returns it.

@@ -227,7 +227,7 @@ func (d *Driver) Reimage(ctx context.Context, group string, ids []string) (provi
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
-	return d.begun(newOp(d, op, p, false), "group", group, "ids", ids), nil
+	return d.begun(newOp(d, op, p), "group", group, "ids", ids), nil
 }
 
 // Delete begins force-deleting instances by id; the scale set's capacity
@@ -243,7 +243,7 @@ func (d *Driver) Delete(ctx context.Context, group string, ids []string) (provid
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
-	return d.begun(newOp(d, op, p, false), "group", group, "ids", ids), nil
+	return d.begun(newOp(d, op, p), "group", group, "ids", ids), nil
 }
 
 var errNoIDs = errors.New("no instance ids given")

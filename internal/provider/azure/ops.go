@@ -148,10 +148,9 @@ func errorMessage(resp *http.Response) string {
 // lro is a begun long-running operation: an SDK poller plus its token,
 // captured when the operation was begun, before any wait.
 type lro[T any] struct {
-	d       *Driver
-	op      string // names the operation in errors and logs
-	token   string
-	resumed bool
+	d     *Driver
+	op    string // names the operation in errors and logs
+	token string
 
 	mu     sync.Mutex
 	poller *runtime.Poller[T]
@@ -161,8 +160,8 @@ type lro[T any] struct {
 
 // newOp wraps a freshly begun (or resumed) poller. A poller already in a
 // terminal state has no token: the operation finished at once.
-func newOp[T any](d *Driver, op string, p *runtime.Poller[T], resumed bool) *lro[T] {
-	o := &lro[T]{d: d, op: op, poller: p, resumed: resumed}
+func newOp[T any](d *Driver, op string, p *runtime.Poller[T]) *lro[T] {
+	o := &lro[T]{d: d, op: op, poller: p}
 	if !p.Done() {
 		if tok, err := p.ResumeToken(); err == nil {
 			o.token = tok
@@ -186,12 +185,14 @@ func (o *lro[T]) Wait(ctx context.Context) error {
 	if o.done {
 		return o.err
 	}
-	start := time.Now()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	if !o.poller.Done() {
-		timer.Reset(o.d.poll)
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.d.maxWait)
+		defer cancel()
 	}
+	start := time.Now()
+	timer := time.NewTimer(o.d.poll)
+	defer timer.Stop()
 	for !o.poller.Done() {
 		select {
 		case <-ctx.Done():
@@ -227,7 +228,8 @@ func (o *lro[T]) pollErr(ctx context.Context, err error) error {
 	var re *azcore.ResponseError
 	if errors.As(err, &re) && re.StatusCode == http.StatusNotFound {
 		o.done = true
-		o.err = fmt.Errorf("%s: operation unknown to Azure: %w (%w)", o.op, provider.ErrTokenRejected, mapErr("poll", err))
+		// Not ErrNotFound: that would say the scale set is gone, which is unknown.
+		o.err = fmt.Errorf("%s: operation unknown to Azure: %w (%v)", o.op, provider.ErrTokenRejected, mapErr("poll", err))
 		return o.err
 	}
 	return mapErr(o.op, err)
@@ -287,9 +289,7 @@ func resume[T any](d *Driver, op string, begin func() (*runtime.Poller[T], error
 		// With a token the SDK makes no call: any error is the token's.
 		return nil, fmt.Errorf("%s: %w: %v", op, provider.ErrTokenRejected, err)
 	}
-	o := newOp(d, op, p, true)
-	// The caller already holds the token; keep handing back the same one.
-	return o, nil
+	return newOp(d, op, p), nil
 }
 
 // deref returns *p, or the zero value for nil: the SDK's models are all

@@ -30,10 +30,22 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 )
 
 // Token is the bearer token the emulator accepts (credential: emulator).
 const Token = "sandfleet-emulator"
+
+// Credential is an azcore.TokenCredential that hands out Token, for SDK
+// clients talking to the emulator.
+type Credential struct{}
+
+// GetToken returns Token, valid for a day.
+func (Credential) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	return azcore.AccessToken{Token: Token, ExpiresOn: time.Now().Add(24 * time.Hour)}, nil
+}
 
 // Defaults for Options.
 const (
@@ -228,7 +240,7 @@ func (e *Emulator) Start() error {
 	if e.started {
 		return errors.New("azemu: already started")
 	}
-	ln, err := net.Listen("tcp", e.opts.Listen)
+	ln, err := e.listen()
 	if err != nil {
 		return fmt.Errorf("azemu: listen: %w", err)
 	}
@@ -257,6 +269,10 @@ func (e *Emulator) Start() error {
 	e.started = true
 
 	e.mu.Lock()
+	if a := ln.Addr().String(); e.st.listen != a {
+		e.st.listen = a
+		e.gen++
+	}
 	e.settleLocked(time.Now())
 	gen := e.gen
 	e.mu.Unlock()
@@ -276,6 +292,25 @@ func (e *Emulator) Start() error {
 	e.log.Info("Azure emulator listening", "url", e.url, "state", e.dir,
 		"ip_block", e.IPBlock(), "agent_port", e.opts.AgentPort)
 	return nil
+}
+
+// listen binds Options.Listen. Asked for any port on a host it listened on
+// before, it first tries the port it had then: a cloud's endpoint does not
+// move, and clients' resume tokens hold absolute polling URLs.
+func (e *Emulator) listen() (net.Listener, error) {
+	host, port, _ := net.SplitHostPort(e.opts.Listen)
+	e.mu.Lock()
+	last := e.st.listen
+	e.mu.Unlock()
+	if port == "0" && last != "" {
+		if lh, _, err := net.SplitHostPort(last); err == nil && lh == host {
+			if ln, err := net.Listen("tcp", last); err == nil {
+				return ln, nil
+			}
+			e.log.Info("previous emulator port is taken; picking another", "previous", last)
+		}
+	}
+	return net.Listen("tcp", e.opts.Listen)
 }
 
 // Serve starts the emulator and runs it until ctx is done, then closes it.

@@ -411,7 +411,11 @@ func TestResumeTokenAcrossRestart(t *testing.T) {
 	// Let the operation's end pass while no emulator runs (wall time, not a
 	// condition to wait for).
 	time.Sleep(opts.LRODelay)
-	e3 := startOn(t, opts, addr)
+	// Asked for any port, the emulator comes back on the one it had.
+	e3 := startEmulator(t, opts)
+	if e3.Addr() != addr {
+		t.Fatalf("restarted on %s, was %s", e3.Addr(), addr)
+	}
 	c3 := newClients(t, e3)
 	dp3, err := c3.sets.BeginDeleteInstances(ctx, testRG, "resume", armcompute.VirtualMachineScaleSetVMInstanceRequiredIDs{},
 		&armcompute.VirtualMachineScaleSetsClientBeginDeleteInstancesOptions{ResumeToken: delTok})

@@ -31,13 +31,6 @@ const (
 	testRG  = "sandbox-rg"
 )
 
-// fixedToken is the credential `credential: emulator` amounts to.
-type fixedToken struct{}
-
-func (fixedToken) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
-	return azcore.AccessToken{Token: Token, ExpiresOn: time.Now().Add(time.Hour)}, nil
-}
-
 // clients are the real SDK clients pointed at one emulator.
 type clients struct {
 	sets    *armcompute.VirtualMachineScaleSetsClient
@@ -64,11 +57,11 @@ func newClients(t *testing.T, e *Emulator) *clients {
 		Transport: hc,
 		Retry:     policy.RetryOptions{MaxRetries: -1},
 	}}
-	cf, err := armcompute.NewClientFactory(testSub, fixedToken{}, opts)
+	cf, err := armcompute.NewClientFactory(testSub, Credential{}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nf, err := armnetwork.NewClientFactory(testSub, fixedToken{}, opts)
+	nf, err := armnetwork.NewClientFactory(testSub, Credential{}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -133,6 +133,10 @@ type state struct {
 	ops     map[string]*operation
 	pending []*operation // not done, by End
 	ips     *ipPool
+	// listen is the address the emulator last listened on, so that a
+	// restart asked for "any port" comes back on the same one and the
+	// polling URLs clients hold (resume tokens) keep working.
+	listen string
 }
 
 // persisted is the on-disk form of state.
@@ -140,6 +144,7 @@ type persisted struct {
 	Version    int          `json:"version"`
 	IPBlock    string       `json:"ipBlock"`
 	IPCursor   uint32       `json:"ipCursor"`
+	Listen     string       `json:"listen,omitempty"`
 	ScaleSets  []*scaleSet  `json:"scaleSets"`
 	Operations []*operation `json:"operations"`
 }
@@ -237,6 +242,7 @@ func newState(p *persisted, block netip.Prefix) (*state, error) {
 	if p == nil {
 		return st, nil
 	}
+	st.listen = p.Listen
 	for _, s := range p.ScaleSets {
 		if s.VMs == nil {
 			s.VMs = map[int]*vm{}
@@ -268,6 +274,7 @@ func (st *state) snapshot() ([]byte, error) {
 		Version:  1,
 		IPBlock:  st.ips.prefix.String(),
 		IPCursor: st.ips.cursor,
+		Listen:   st.listen,
 	}
 	keys := make([]string, 0, len(st.sets))
 	for k := range st.sets {

@@ -123,7 +123,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 // subscription is configured.
 func (d *Daemon) azure(pools []config.Pool) (provider.Provider, error) {
 	ac := d.cfg.Azure
-	opts := azure.Options{Logger: d.log.With("provider", "azure"), PollInterval: 2 * time.Second}
+	opts := azure.Options{Logger: d.log, PollInterval: 2 * time.Second}
 	if ac.Emulated() {
 		emu, err := azemu.New(azemu.Options{
 			Listen:           "127.0.0.1:0",
@@ -131,7 +131,7 @@ func (d *Daemon) azure(pools []config.Pool) (provider.Provider, error) {
 			LRODelay:         ac.Emulator.LRODelay,
 			AgentPort:        d.cfg.Guest.AgentPort,
 			AnalysisDuration: ac.Emulator.AnalysisDuration,
-			Logger:           d.log.With("component", "emulator"),
+			Logger:           d.log,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("azure emulator: %w", err)

@@ -277,7 +277,7 @@ func (e *Emulator) adminRoutes(mux *http.ServeMux) {
 	})
 	mux.HandleFunc("POST /_emulator/scalesets/{name}/vms", func(w http.ResponseWriter, r *http.Request) {
 		info, err := e.AddVM(r.PathValue("name"), r.URL.Query().Get("resource_group"))
-		adminReply(w, http.StatusCreated, info, err)
+		adminReply(w, http.StatusOK, info, err)
 	})
 	mux.HandleFunc("DELETE /_emulator/scalesets/{name}/vms/{id}", func(w http.ResponseWriter, r *http.Request) {
 		info, err := e.RemoveVM(r.PathValue("name"), r.URL.Query().Get("resource_group"), r.PathValue("id"))

@@ -1,17 +1,3 @@
-// Package azemu is an emulator of the part of Azure Resource Manager that
-// sandfleet uses: virtual machine scale sets and their VMs, network
-// interfaces, subnets, gallery images, resource SKUs and usages. It speaks
-// HTTPS to the official Azure SDK for Go, unmodified, with ARM's long-running
-// operations, paging, ETags and errors, and it keeps its state on disk so that
-// it survives its own restart as a cloud does.
-//
-// Every VM whose provisioning succeeded runs a CAPE guest agent on its NIC's
-// private IP, which is a loopback address (127.X.Y.Z) of this host.
-//
-// Faults (throttling, errors, preemption, failed provisioning, slow
-// operations) and out-of-band changes (a VM appears, a VM is evicted, an
-// agent hangs) are set through admin endpoints under /_emulator/ on the same
-// listener, or through the matching methods of Emulator.
 package azemu
 
 import (
@@ -402,7 +388,7 @@ func (e *Emulator) IPBlock() string {
 func (e *Emulator) AgentPort() int { return e.opts.AgentPort }
 
 // AnalysisDuration is the range an emulated analysis lasts.
-func (e *Emulator) AnalysisDuration() (min, max time.Duration) {
+func (e *Emulator) AnalysisDuration() (lo, hi time.Duration) {
 	return e.analysis[0], e.analysis[1]
 }
 

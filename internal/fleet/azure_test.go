@@ -1,0 +1,187 @@
+package fleet_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sandfleet/sandfleet/internal/azemu"
+	"github.com/sandfleet/sandfleet/internal/config"
+	"github.com/sandfleet/sandfleet/internal/fleet"
+	"github.com/sandfleet/sandfleet/internal/guest"
+	"github.com/sandfleet/sandfleet/internal/provider/azure"
+	"github.com/sandfleet/sandfleet/internal/store"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// cloud is an in-process emulator and what it takes to build reconcilers on it.
+type cloud struct {
+	emu  *azemu.Emulator
+	pool config.Pool
+}
+
+func newCloud(tb testing.TB, lro time.Duration, size int) *cloud {
+	tb.Helper()
+	emu, err := azemu.New(azemu.Options{Listen: "127.0.0.1:0", StateDir: tb.TempDir(), LRODelay: lro, Logger: quiet})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := emu.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { emu.Close() })
+	return &cloud{emu: emu, pool: config.Pool{Name: "win10x64", Provider: "azure", Platform: "windows", Arch: "x64",
+		Tags: []string{"win10"}, Image: "win10-gallery-image", InitialSize: size, MaxSize: size}}
+}
+
+// reconciler builds a reconciler as a fresh daemon process would: a new driver.
+func (c *cloud) reconciler(tb testing.TB, st store.Store) *fleet.Reconciler {
+	tb.Helper()
+	ac := config.Default().Azure
+	ac.SubscriptionID = "11111111-0000-4000-8000-000000000001"
+	ac.Endpoint = c.emu.URL()
+	ac.Credential = "emulator"
+	drv, err := azure.New(ac, azure.Options{CertPool: c.emu.CertPool(), PollInterval: 50 * time.Millisecond, Logger: quiet})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { drv.Close() })
+	return fleet.New(fleet.Options{Store: st, Provider: drv, Pools: []config.Pool{c.pool},
+		Interval: 500 * time.Millisecond, OpTimeout: time.Minute, WaitForAgent: true,
+		Agent: guest.NewClient(c.emu.AgentPort(), 2*time.Second), MaxConcurrentOps: 4, AdoptExisting: true,
+		Orphans: true, Logger: quiet})
+}
+
+// run runs r until the returned stop is called; stop waits for it to end.
+func run(r *fleet.Reconciler) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	return func() { cancel(); <-done }
+}
+
+func countReady(tb testing.TB, st store.Store) int {
+	ms, err := st.ListMachines(context.Background(), store.MachineFilter{States: []store.MachineState{store.Ready}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return len(ms)
+}
+
+func (c *cloud) count(method, suffix string) int {
+	n := 0
+	for _, r := range c.emu.Requests() {
+		if r.Method == method && strings.HasSuffix(strings.ToLower(r.Path), strings.ToLower(suffix)) {
+			n++
+		}
+	}
+	return n
+}
+
+// A reimage in flight when the daemon dies is resumed from its stored token by
+// the next start — polled to completion, not issued again — and the machine is
+// ready only after it.
+func TestReimageResumedAfterCrash(t *testing.T) {
+	st := openSQLite(t)
+	c := newCloud(t, 0, 2)
+	stop := run(c.reconciler(t, st))
+	waitFor(t, 30*time.Second, "2 machines ready", func() bool { return countReady(t, st) == 2 })
+	stop()
+
+	c.emu.SetFaults([]byte(`{"lro_delay_ms": 3000}`))
+	ctx := context.Background()
+	m, err := st.GetMachine(ctx, "win10x64_0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, to := range []store.MachineState{store.Leased, store.Dirty} {
+		if m, err = st.TransitionMachine(ctx, store.Transition{Label: m.Label, From: m.State, To: to, Cause: "task"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop = run(c.reconciler(t, st))
+	waitFor(t, 10*time.Second, "reimage issued with its token stored", func() bool {
+		ops, _ := st.ListOperations(ctx, store.OperationFilter{Unfinished: true})
+		return len(ops) == 1 && ops[0].Kind == store.OpReimage && ops[0].State == store.OpRunning && ops[0].ResumeToken != ""
+	})
+	stop() // the crash: the operation stays unfinished in the journal
+	if got := machineState(t, st, "win10x64_0"); got != store.Reimaging {
+		t.Fatalf("after the crash win10x64_0 is %s, want reimaging", got)
+	}
+
+	stop = run(c.reconciler(t, st))
+	defer stop()
+	waitFor(t, 20*time.Second, "win10x64_0 ready after its reimage", func() bool { return machineState(t, st, "win10x64_0") == store.Ready })
+	if n := c.count("POST", "/virtualMachineScaleSets/win10x64/reimage"); n != 1 {
+		t.Fatalf("reimage POSTed %d times, want 1 (resumed, not re-issued)", n)
+	}
+	ops, _ := st.ListOperations(ctx, store.OperationFilter{Pool: "win10x64"})
+	var reimage store.Operation
+	for _, op := range ops {
+		if op.Kind == store.OpReimage {
+			reimage = op
+		}
+	}
+	if reimage.State != store.OpSucceeded || len(reimage.InstanceIDs) != 1 || reimage.InstanceIDs[0] != "0" {
+		t.Fatalf("reimage in the journal: %+v", reimage)
+	}
+}
+
+// An operation journaled but never known to be issued (no token: the crash
+// came between intent and token) is re-derived: the machine is reimaged
+// again rather than handed out unreimaged.
+func TestReimageWithoutTokenIsRedone(t *testing.T) {
+	st := openSQLite(t)
+	c := newCloud(t, 0, 1)
+	stop := run(c.reconciler(t, st))
+	waitFor(t, 30*time.Second, "machine ready", func() bool { return countReady(t, st) == 1 })
+	stop()
+	ctx := context.Background()
+	if _, err := st.CreateOperation(ctx, store.Operation{Pool: "win10x64", Kind: store.OpReimage, InstanceIDs: []string{"0"},
+		Deadline: time.Now().Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := st.GetMachine(ctx, "win10x64_0")
+	for _, to := range []store.MachineState{store.Leased, store.Dirty, store.Reimaging} {
+		if m, _ = st.TransitionMachine(ctx, store.Transition{Label: m.Label, From: m.State, To: to, Cause: "before crash"}); m.State != to {
+			t.Fatalf("setup: %s", m.State)
+		}
+	}
+	stop = run(c.reconciler(t, st))
+	defer stop()
+	waitFor(t, 20*time.Second, "machine ready again", func() bool { return machineState(t, st, "win10x64_0") == store.Ready })
+	if n := c.count("POST", "/virtualMachineScaleSets/win10x64/reimage"); n != 1 {
+		t.Fatalf("reimage POSTed %d times, want exactly 1 (the re-derived one)", n)
+	}
+	ops, _ := st.ListOperations(ctx, store.OperationFilter{Pool: "win10x64"})
+	abandoned := 0
+	for _, op := range ops {
+		if op.State == store.OpAbandoned {
+			abandoned++
+		}
+	}
+	if abandoned != 1 {
+		t.Fatalf("journal: %+v, want the tokenless operation abandoned", ops)
+	}
+}
+
+// A scale set whose VM failed provisioning has it deleted and replaced.
+func TestFailedInstanceReplaced(t *testing.T) {
+	st := openSQLite(t)
+	c := newCloud(t, 0, 2)
+	c.emu.SetFaults([]byte(`{"fail_provisioning": 1}`))
+	stop := run(c.reconciler(t, st))
+	defer stop()
+	waitFor(t, 30*time.Second, "2 machines ready", func() bool { return countReady(t, st) == 2 })
+	if n := c.count("POST", "/virtualMachineScaleSets/win10x64/delete"); n != 1 {
+		t.Fatalf("delete POSTed %d times, want 1", n)
+	}
+	gone, _ := st.ListMachines(context.Background(), store.MachineFilter{States: []store.MachineState{store.Gone}})
+	if len(gone) != 1 {
+		t.Fatalf("want the failed instance's machine gone, got %d gone", len(gone))
+	}
+}

@@ -215,6 +215,11 @@ func (e *Emulator) route(w http.ResponseWriter, r *http.Request, body []byte) {
 				e.handleListVMs(w, r, sub, rg, name)
 			}
 			return
+		case n == 9 && is(8, "instanceview"):
+			if allow(http.MethodGet) {
+				e.handleSetInstanceView(w, r, sub, rg, name)
+			}
+			return
 		case n == 9 && is(8, "networkinterfaces"):
 			if allow(http.MethodGet) {
 				e.handleListNICs(w, r, sub, rg, name, "")

@@ -683,6 +683,38 @@ func (e *Emulator) handleGetVM(w http.ResponseWriter, r *http.Request, sub, rg, 
 	e.send(w, r, rep, err)
 }
 
+// handleSetInstanceView summarises the VMs' provisioning states.
+func (e *Emulator) handleSetInstanceView(w http.ResponseWriter, r *http.Request, sub, rg, name string) {
+	var rep reply
+	err := e.locked(func(now time.Time) {
+		s := e.st.sets[setKey(sub, rg, name)]
+		if s == nil {
+			rep = notFoundSet(rg, name)
+			return
+		}
+		counts := map[string]int{}
+		for _, v := range s.VMs {
+			counts["ProvisioningState/"+strings.ToLower(v.State)]++
+		}
+		codes := make([]string, 0, len(counts))
+		for c := range counts {
+			codes = append(codes, c)
+		}
+		slices.Sort(codes)
+		summary := make([]map[string]any, 0, len(codes))
+		for _, c := range codes {
+			summary = append(summary, map[string]any{"code": c, "count": counts[c]})
+		}
+		rep = reply{status: http.StatusOK, body: mustJSON(map[string]any{
+			"virtualMachine": map[string]any{"statusesSummary": summary},
+			"statuses": []map[string]any{{
+				"code": "ProvisioningState/" + strings.ToLower(s.State), "level": "Info", "displayStatus": s.State,
+			}},
+		})}
+	})
+	e.send(w, r, rep, err)
+}
+
 // --- rendering ---
 
 // renderSet renders a scale set as ARM returns it, with provisioningState

@@ -880,3 +880,66 @@ func TestThousandVMs(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestPowerActionsAndInstanceView(t *testing.T) {
+	opts := testOptions(t)
+	e := startEmulator(t, opts)
+	c := newClients(t, e)
+	ctx := ctxT(t)
+	createSet(t, c, "pwr", 2)
+	ips := ipsByID(t, c, "pwr")
+
+	power := func() map[string]string {
+		out := map[string]string{}
+		for _, v := range listVMs(t, c, "pwr") {
+			id, _, p := vmState(v)
+			out[id] = p
+		}
+		return out
+	}
+	off, err := c.vms.BeginPowerOff(ctx, testRG, "pwr", "0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := off.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatal(err)
+	}
+	if p := power(); p["0"] != "stopped" || p["1"] != "running" {
+		t.Fatalf("after power off: %v", p)
+	}
+	if !agentRefused(ips["0"], opts.AgentPort) {
+		t.Fatal("a stopped VM's agent listens")
+	}
+	start, err := c.sets.BeginStart(ctx, testRG, "pwr", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := start.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatal(err)
+	}
+	if p := power(); p["0"] != "running" || p["1"] != "running" {
+		t.Fatalf("after start: %v", p)
+	}
+	if _, err := agentGet(ips["0"], opts.AgentPort, "/", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	dealloc, err := c.sets.BeginDeallocate(ctx, testRG, "pwr", &armcompute.VirtualMachineScaleSetsClientBeginDeallocateOptions{
+		VMInstanceIDs: &armcompute.VirtualMachineScaleSetVMInstanceIDs{InstanceIDs: []*string{to.Ptr("1")}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dealloc.PollUntilDone(ctx, fastPoll); err != nil {
+		t.Fatal(err)
+	}
+	if p := power(); p["1"] != "deallocated" {
+		t.Fatalf("after deallocate: %v", p)
+	}
+	iv, err := c.sets.GetInstanceView(ctx, testRG, "pwr", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := iv.VirtualMachine.StatusesSummary; len(s) != 1 || *s[0].Code != "ProvisioningState/succeeded" || *s[0].Count != 2 {
+		t.Fatalf("statuses summary %+v", s)
+	}
+}

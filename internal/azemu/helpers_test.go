@@ -300,18 +300,6 @@ func agentRefused(ip string, port int) bool {
 	return false
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // respErr asserts err is an ARM error with status and code.
 func respErr(t *testing.T, err error, status int, code string) *azcore.ResponseError {
 	t.Helper()

@@ -293,8 +293,8 @@ func (st *state) snapshot() ([]byte, error) {
 
 // Limits on remembered operations: ARM also forgets finished operations.
 const (
-	opRetention = 24 * time.Hour
-	opMaxKept   = 10000
+	opRetention = 6 * time.Hour
+	opMaxKept   = 2000
 )
 
 // pruneOps forgets finished operations that ended long ago.

@@ -2,6 +2,7 @@ package azemu
 
 import (
 	"crypto/x509"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -230,5 +231,36 @@ func TestCAKeptAcrossRestarts(t *testing.T) {
 	}
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, DNSName: "example.com"}); err == nil {
 		t.Error("valid for example.com")
+	}
+}
+
+func TestPruneOps(t *testing.T) {
+	now := time.Now()
+	st := &state{ops: map[string]*operation{}}
+	add := func(id string, end time.Time, done bool) {
+		st.ops[id] = &operation{ID: id, End: end, Done: done}
+	}
+	add("old", now.Add(-opRetention-time.Minute), true)
+	add("recent", now.Add(-time.Minute), true)
+	add("pending", now.Add(-opRetention-time.Hour), false)
+	st.pruneOps(now)
+	if _, ok := st.ops["old"]; ok {
+		t.Fatal("an old finished operation is kept")
+	}
+	if len(st.ops) != 2 {
+		t.Fatalf("kept %d, want recent and pending", len(st.ops))
+	}
+	for i := range opMaxKept + 10 {
+		add(fmt.Sprint(i), now.Add(time.Duration(i)*time.Millisecond-time.Hour), true)
+	}
+	st.pruneOps(now)
+	if len(st.ops) != opMaxKept {
+		t.Fatalf("kept %d, want %d", len(st.ops), opMaxKept)
+	}
+	if _, ok := st.ops["pending"]; !ok {
+		t.Fatal("a pending operation was forgotten")
+	}
+	if _, ok := st.ops["0"]; ok {
+		t.Fatal("the oldest finished operation is kept over newer ones")
 	}
 }

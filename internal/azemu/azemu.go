@@ -223,8 +223,11 @@ func ParseDurationRange(s string) (lo, hi time.Duration, err error) {
 func (e *Emulator) Start() error {
 	e.lifeMu.Lock()
 	defer e.lifeMu.Unlock()
-	if e.started {
-		return errors.New("azemu: already started")
+	e.mu.Lock()
+	closed := e.closed
+	e.mu.Unlock()
+	if e.started || closed {
+		return errors.New("azemu: already started or closed")
 	}
 	ln, err := e.listen()
 	if err != nil {

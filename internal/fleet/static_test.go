@@ -15,7 +15,7 @@ import (
 	"github.com/sandfleet/sandfleet/internal/store/sqlite"
 )
 
-func openSQLite(t *testing.T) store.Store {
+func openSQLite(t testing.TB) store.Store {
 	t.Helper()
 	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "fleet.db"))
 	if err != nil {
@@ -28,7 +28,7 @@ func openSQLite(t *testing.T) store.Store {
 	return st
 }
 
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
@@ -39,7 +39,7 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 	}
 }
 
-func machineState(t *testing.T, st store.Store, label string) store.MachineState {
+func machineState(t testing.TB, st store.Store, label string) store.MachineState {
 	t.Helper()
 	m, err := st.GetMachine(context.Background(), label)
 	if err != nil {

@@ -83,6 +83,7 @@ func migrateCmd(g *globals) *cobra.Command {
 func emulatorCmd(g *globals) *cobra.Command {
 	var (
 		listen, state, analysis string
+		faults, ipBlock         string
 		lroDelay                time.Duration
 		pageSize, agentPort     int
 	)
@@ -93,10 +94,18 @@ func emulatorCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			emu, err := azemu.New(azemu.Options{
+			opts := azemu.Options{
 				Listen: listen, StateDir: state, LRODelay: lroDelay, PageSize: pageSize,
-				AgentPort: agentPort, AnalysisDuration: analysis, Logger: g.logger(),
-			})
+				AgentPort: agentPort, AnalysisDuration: analysis, IPBlock: ipBlock, Logger: g.logger(),
+			}
+			if faults != "" {
+				f, err := azemu.ParseFaults([]byte(faults))
+				if err != nil {
+					return fmt.Errorf("--faults: %w", err)
+				}
+				opts.Faults = f
+			}
+			emu, err := azemu.New(opts)
 			if err != nil {
 				return err
 			}
@@ -116,5 +125,7 @@ func emulatorCmd(g *globals) *cobra.Command {
 	f.DurationVar(&lroDelay, "lro-delay", 0, "how long each long-running operation takes")
 	f.IntVar(&pageSize, "page-size", 50, "items per page of list results")
 	f.IntVar(&agentPort, "agent-port", 8000, "port of each emulated VM's guest agent")
+	f.StringVar(&faults, "faults", "", `faults in force at start, as POST /_emulator/faults takes them: '{"throttle": {"match": "virtualMachines", "retry_after_s": 120}}'`)
+	f.StringVar(&ipBlock, "ip-block", "", "loopback block for VM IPs, e.g. 127.42.0.0/16 (default: random, kept in the state)")
 	return cmd
 }

@@ -3,6 +3,8 @@ package e2e
 import (
 	"fmt"
 	"maps"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -177,5 +179,40 @@ func TestThrottleKeepsLastView(t *testing.T) {
 	waitFor(t, 10*time.Second, "check consistent", func() bool { code, _ := d.check(t); return code == 0 })
 	if n := strings.Count(d.output(), "provider throttled"); n != 1 {
 		t.Errorf("throttle logged %d times in one window, want 1", n)
+	}
+}
+
+// The README's run command: no configuration at all serves the embedded
+// default — SQLite in ./sandfleet-data, the in-process emulator — and its
+// machines become ready with IPs, with no drift.
+func TestEmbeddedDefault(t *testing.T) {
+	dir := t.TempDir()
+	listen := freePort(t)
+	p := &proc{done: make(chan struct{})}
+	p.cmd = exec.Command(binary, "serve", "--listen", listen)
+	p.cmd.Dir = dir
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("serve output:\n%s", tail(p.output(), 60))
+		}
+	})
+	d := &daemon{proc: p, api: "http://" + listen}
+	ms := d.waitReady(t, 3, 60*time.Second)
+	for _, m := range ms {
+		if m.Pool != "win10x64" || !strings.HasPrefix(m.IP, "127.") {
+			t.Errorf("machine %+v", m)
+		}
+	}
+	if code, out := d.check(t); code != 0 {
+		t.Fatalf("check: exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "sandfleet-data", "sandfleet.db")); err != nil {
+		t.Fatalf("default database not under ./sandfleet-data: %v", err)
 	}
 }

@@ -53,7 +53,7 @@ func (c *cloud) reconciler(tb testing.TB, st store.Store) *fleet.Reconciler {
 	return fleet.New(fleet.Options{Store: st, Provider: drv, Pools: []config.Pool{c.pool},
 		Interval: 500 * time.Millisecond, OpTimeout: time.Minute, WaitForAgent: true,
 		Agent: guest.NewClient(c.emu.AgentPort(), 2*time.Second), MaxConcurrentOps: 4, AdoptExisting: true,
-		Orphans: true, Logger: quiet})
+		Orphans: true, Logger: testLogger()})
 }
 
 // run runs r until the returned stop is called; stop waits for it to end.
@@ -184,4 +184,51 @@ func TestFailedInstanceReplaced(t *testing.T) {
 	if len(gone) != 1 {
 		t.Fatalf("want the failed instance's machine gone, got %d gone", len(gone))
 	}
+}
+
+// Polls throttled while a reimage runs are waited out, not taken for failure:
+// the reimage is sent once and the machine comes back ready.
+func TestThrottledPollIsWaitedOut(t *testing.T) {
+	st := openSQLite(t)
+	c := newCloud(t, 0, 1)
+	stop := run(c.reconciler(t, st))
+	defer stop()
+	waitFor(t, 30*time.Second, "machine ready", func() bool { return countReady(t, st) == 1 })
+	ctx := context.Background()
+	if _, err := c.emu.SetFaults([]byte(`{"lro_delay_ms": 500, "throttle": {"match": "/operations/", "retry_after_s": 1, "count": 2}}`)); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := st.GetMachine(ctx, "win10x64_0")
+	for _, to := range []store.MachineState{store.Leased, store.Dirty} {
+		if m, _ = st.TransitionMachine(ctx, store.Transition{Label: m.Label, From: m.State, To: to, Cause: "task"}); m.State != to {
+			t.Fatal("setup")
+		}
+	}
+	waitFor(t, 20*time.Second, "machine reimaged and ready", func() bool {
+		ops, _ := st.ListOperations(ctx, store.OperationFilter{Pool: "win10x64", Limit: 1})
+		return machineState(t, st, "win10x64_0") == store.Ready && len(ops) == 1 && ops[0].Kind == store.OpReimage
+	})
+	throttled := 0
+	for _, r := range c.emu.Requests() {
+		if r.Status == 429 {
+			throttled++
+		}
+	}
+	if throttled != 2 {
+		t.Fatalf("%d throttled polls, want the 2 the fault injected", throttled)
+	}
+	if n := c.count("POST", "/virtualMachineScaleSets/win10x64/reimage"); n != 1 {
+		t.Fatalf("reimage POSTed %d times, want 1", n)
+	}
+	ops, _ := st.ListOperations(ctx, store.OperationFilter{Pool: "win10x64", Limit: 1})
+	if ops[0].State != store.OpSucceeded {
+		t.Fatalf("reimage ended %s (%s), want succeeded", ops[0].State, ops[0].Error)
+	}
+}
+
+func testLogger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.Default()
+	}
+	return quiet
 }

@@ -169,7 +169,7 @@ func (r *Reconciler) await(op store.Operation, pop provider.Op) {
 			deadline = time.Now().Add(r.o.OpTimeout)
 		}
 		ctx, cancel := context.WithDeadline(base, deadline)
-		err := pop.Wait(ctx)
+		err := r.wait(ctx, pop)
 		cancel()
 		if base.Err() != nil {
 			// Shutting down: leave it unfinished in the journal; the next start
@@ -190,6 +190,25 @@ func (r *Reconciler) await(op store.Operation, pop provider.Op) {
 		r.outcome(context.WithoutCancel(base), op, err)
 		r.finish(op, state, msg)
 	}()
+}
+
+// wait waits for an operation, sitting out throttled polls: the operation
+// goes on in the cloud, so a 429 while polling is a reason to poll later, not
+// a failure (failing it would reimage or delete twice).
+func (r *Reconciler) wait(ctx context.Context, pop provider.Op) error {
+	for {
+		err := pop.Wait(ctx)
+		t, ok := provider.AsThrottled(err)
+		if !ok || ctx.Err() != nil {
+			return err
+		}
+		r.throttle(err)
+		select {
+		case <-time.After(t.RetryAfter):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // outcome moves the machines an operation owned according to how it ended.

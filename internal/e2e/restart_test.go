@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -188,20 +187,7 @@ func TestThrottleKeepsLastView(t *testing.T) {
 func TestEmbeddedDefault(t *testing.T) {
 	dir := t.TempDir()
 	listen := freePort(t)
-	p := &proc{done: make(chan struct{})}
-	p.cmd = exec.Command(binary, "serve", "--listen", listen)
-	p.cmd.Dir = dir
-	p.cmd.Stdout, p.cmd.Stderr = p, p
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("serve output:\n%s", tail(p.output(), 60))
-		}
-	})
+	p := startIn(t, dir, "serve", "--listen", listen)
 	d := &daemon{proc: p, api: "http://" + listen}
 	ms := d.waitReady(t, 3, 60*time.Second)
 	for _, m := range ms {

@@ -94,15 +94,7 @@ func TestReimageResumedAfterCrash(t *testing.T) {
 
 	c.emu.SetFaults([]byte(`{"lro_delay_ms": 3000}`))
 	ctx := context.Background()
-	m, err := st.GetMachine(ctx, "win10x64_0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, to := range []store.MachineState{store.Leased, store.Dirty} {
-		if m, err = st.TransitionMachine(ctx, store.Transition{Label: m.Label, From: m.State, To: to, Cause: "task"}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	walk(t, st, "win10x64_0", store.Leased, store.Dirty)
 	stop = run(c.reconciler(t, st))
 	waitFor(t, 10*time.Second, "reimage issued with its token stored", func() bool {
 		ops, _ := st.ListOperations(ctx, store.OperationFilter{Unfinished: true})
@@ -145,12 +137,7 @@ func TestReimageWithoutTokenIsRedone(t *testing.T) {
 		Deadline: time.Now().Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
-	m, _ := st.GetMachine(ctx, "win10x64_0")
-	for _, to := range []store.MachineState{store.Leased, store.Dirty, store.Reimaging} {
-		if m, _ = st.TransitionMachine(ctx, store.Transition{Label: m.Label, From: m.State, To: to, Cause: "before crash"}); m.State != to {
-			t.Fatalf("setup: %s", m.State)
-		}
-	}
+	walk(t, st, "win10x64_0", store.Leased, store.Dirty, store.Reimaging)
 	stop = run(c.reconciler(t, st))
 	defer stop()
 	waitFor(t, 20*time.Second, "machine ready again", func() bool { return machineState(t, st, "win10x64_0") == store.Ready })
@@ -198,12 +185,7 @@ func TestThrottledPollIsWaitedOut(t *testing.T) {
 	if _, err := c.emu.SetFaults([]byte(`{"lro_delay_ms": 500, "throttle": {"match": "/operations/", "retry_after_s": 1, "count": 2}}`)); err != nil {
 		t.Fatal(err)
 	}
-	m, _ := st.GetMachine(ctx, "win10x64_0")
-	for _, to := range []store.MachineState{store.Leased, store.Dirty} {
-		if m, _ = st.TransitionMachine(ctx, store.Transition{Label: m.Label, From: m.State, To: to, Cause: "task"}); m.State != to {
-			t.Fatal("setup")
-		}
-	}
+	walk(t, st, "win10x64_0", store.Leased, store.Dirty)
 	waitFor(t, 20*time.Second, "machine reimaged and ready", func() bool {
 		ops, _ := st.ListOperations(ctx, store.OperationFilter{Pool: "win10x64", Limit: 1})
 		return machineState(t, st, "win10x64_0") == store.Ready && len(ops) == 1 && ops[0].Kind == store.OpReimage

@@ -76,12 +76,7 @@ func TestStaticDirtyMachineIsResetBeforeReuse(t *testing.T) {
 		t.Fatalf("lab1 registered as %+v", m)
 	}
 	// A task used lab1 and released it.
-	if _, err := st.TransitionMachine(ctx, store.Transition{Label: "lab1", From: store.Ready, To: store.Leased, Cause: "task 1"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.TransitionMachine(ctx, store.Transition{Label: "lab1", From: store.Leased, To: store.Dirty, Cause: "task 1 done"}); err != nil {
-		t.Fatal(err)
-	}
+	walk(t, st, "lab1", store.Leased, store.Dirty)
 	r.Trigger()
 	waitFor(t, 10*time.Second, "lab1 ready again", func() bool { return machineState(t, st, "lab1") == store.Ready })
 
@@ -110,5 +105,20 @@ func TestStaticDirtyMachineIsResetBeforeReuse(t *testing.T) {
 	}
 	if machineState(t, st, "lab2") != store.Ready {
 		t.Fatalf("lab2 was disturbed")
+	}
+}
+
+// walk moves a machine through states, as a task would, by compare-and-set.
+func walk(t testing.TB, st store.Store, label string, states ...store.MachineState) {
+	t.Helper()
+	ctx := context.Background()
+	m, err := st.GetMachine(ctx, label)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, to := range states {
+		if m, err = st.TransitionMachine(ctx, store.Transition{Label: label, From: m.State, To: to, Cause: "test"}); err != nil {
+			t.Fatalf("%s → %s: %v", label, to, err)
+		}
 	}
 }

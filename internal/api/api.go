@@ -47,6 +47,7 @@ func New(o Options) *Server {
 	s := &Server{store: o.Store, fleet: o.Fleet, tokens: o.Tokens, log: o.Logger, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.HandleFunc("GET /metrics", s.metrics)
 	s.handle("GET /apiv2/machines/list/", s.machinesList)
 	s.handle("GET /apiv2/machines/view/{name}/", s.machinesView)
 	s.handle("GET /apiv2/pools/list/", s.poolsList)

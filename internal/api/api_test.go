@@ -3,10 +3,12 @@ package api_test
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,5 +161,27 @@ func TestLoadTokens(t *testing.T) {
 	os.WriteFile(path, []byte("# none\n"), 0o600)
 	if _, err := api.LoadTokens(path); err == nil {
 		t.Fatal("an empty tokens file was accepted")
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	srv, _ := newServer(t, map[string]bool{"k": true})
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`sandfleet_machines{pool="lab",state="ready"} 1`,
+		`sandfleet_pool_drift{pool="lab"} 0`,
+		`sandfleet_pool_instances{pool="lab"} 1`,
+		`sandfleet_pool_throttled{pool="lab"} 0`,
+		`sandfleet_reconcile_passes_total{provider="static",outcome="ok"} 1`,
+		"# TYPE sandfleet_db_round_trips_total counter",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, body)
+		}
 	}
 }

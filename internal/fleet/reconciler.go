@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sandfleet/sandfleet/internal/config"
@@ -73,6 +74,8 @@ type Reconciler struct {
 	firstOnce sync.Once
 	opsWG     sync.WaitGroup
 	passMu    sync.Mutex // one pass at a time
+
+	passes, failed, skipped, lastPassNanos atomic.Int64
 
 	mu             sync.Mutex
 	active         int              // operations in flight
@@ -240,6 +243,14 @@ func (r *Reconciler) LastView(pool string) (View, bool) {
 	return v, ok
 }
 
+// ProviderName names the provider kind of this reconciler's pools.
+func (r *Reconciler) ProviderName() string {
+	if len(r.o.Pools) == 0 {
+		return ""
+	}
+	return r.o.Pools[0].Provider
+}
+
 // Pools returns the configured pools of this reconciler.
 func (r *Reconciler) Pools() []config.Pool { return r.o.Pools }
 
@@ -249,8 +260,33 @@ func (r *Reconciler) Pass(ctx context.Context) error {
 	r.passMu.Lock()
 	defer r.passMu.Unlock()
 	if t, _ := r.Throttled(); t {
+		r.passes.Add(1)
+		r.skipped.Add(1)
 		return nil
 	}
+	start := time.Now()
+	err := r.pass(ctx)
+	r.passes.Add(1)
+	r.lastPassNanos.Store(int64(time.Since(start)))
+	if err != nil {
+		r.failed.Add(1)
+	}
+	return err
+}
+
+// PassStats counts passes, for /metrics.
+type PassStats struct {
+	Passes, Failed, Skipped int64
+	LastDuration            time.Duration
+}
+
+// PassStats returns pass counters.
+func (r *Reconciler) PassStats() PassStats {
+	return PassStats{Passes: r.passes.Load(), Failed: r.failed.Load(), Skipped: r.skipped.Load(),
+		LastDuration: time.Duration(r.lastPassNanos.Load())}
+}
+
+func (r *Reconciler) pass(ctx context.Context) error {
 	groups, err := r.o.Provider.ListGroups(ctx)
 	if err != nil {
 		if r.throttle(err) {

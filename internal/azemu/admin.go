@@ -180,6 +180,17 @@ func (e *Emulator) adminChange(name, resourceGroup string, fn func(s *scaleSet, 
 	return info, nil
 }
 
+// adminVMChange is adminChange for one instance of the scale set.
+func (e *Emulator) adminVMChange(name, resourceGroup, instanceID string, fn func(s *scaleSet, v *vm) VMInfo) (VMInfo, error) {
+	return e.adminChange(name, resourceGroup, func(s *scaleSet, _ time.Time) (VMInfo, error) {
+		v := s.lookupVM(instanceID)
+		if v == nil {
+			return VMInfo{}, fmt.Errorf("instance %s of %q: %w", instanceID, s.Name, ErrNotFound)
+		}
+		return fn(s, v), nil
+	})
+}
+
 // AddVM adds an instance to a scale set behind its owner's back: capacity
 // grows by one and the VM is provisioned at once (or Failed, if the
 // fail_provisioning fault is armed).
@@ -207,16 +218,12 @@ func (e *Emulator) AddVM(setName, resourceGroup string) (VMInfo, error) {
 // RemoveVM makes an instance vanish at once (Spot eviction, manual delete):
 // capacity shrinks by one.
 func (e *Emulator) RemoveVM(setName, resourceGroup, instanceID string) (VMInfo, error) {
-	return e.adminChange(setName, resourceGroup, func(s *scaleSet, now time.Time) (VMInfo, error) {
-		v := s.lookupVM(instanceID)
-		if v == nil {
-			return VMInfo{}, fmt.Errorf("instance %s of %q: %w", instanceID, s.Name, ErrNotFound)
-		}
+	return e.adminVMChange(setName, resourceGroup, instanceID, func(s *scaleSet, v *vm) VMInfo {
 		info := e.vmInfoLocked(s, v)
 		e.removeVMLocked(s, v)
 		info.ProvisioningState, info.PowerState = stDeleting, pwDeallocated
 		e.log.Info("admin: VM removed", "scale_set", s.Name, "instance_id", v.ID, "ip", v.IP)
-		return info, nil
+		return info
 	})
 }
 
@@ -227,18 +234,14 @@ func (e *Emulator) SetAgentState(setName, resourceGroup, instanceID, state strin
 	if state != agentUp && state != agentDown && state != agentHang {
 		return VMInfo{}, fmt.Errorf("agent state %q: want up, down or hang: %w", state, ErrInvalid)
 	}
-	return e.adminChange(setName, resourceGroup, func(s *scaleSet, now time.Time) (VMInfo, error) {
-		v := s.lookupVM(instanceID)
-		if v == nil {
-			return VMInfo{}, fmt.Errorf("instance %s of %q: %w", instanceID, s.Name, ErrNotFound)
-		}
+	return e.adminVMChange(setName, resourceGroup, instanceID, func(s *scaleSet, v *vm) VMInfo {
 		v.Agent = state
 		if state == agentUp {
 			v.Agent = ""
 		}
 		e.gen++
 		e.log.Info("admin: agent state", "scale_set", s.Name, "instance_id", v.ID, "state", state)
-		return e.vmInfoLocked(s, v), nil
+		return e.vmInfoLocked(s, v)
 	})
 }
 

@@ -3,6 +3,7 @@ package azemu
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -333,6 +334,26 @@ func page(r *http.Request, keys []string, size int) (from, to int, nextLink stri
 		nextLink = "https://" + r.Host + r.URL.EscapedPath() + "?" + q.Encode()
 	}
 	return from, to, nextLink
+}
+
+// listPage renders the page of a list that the request asks for: keys are
+// the items' sort keys, ascending, and item(i) is the i-th item.
+func (e *Emulator) listPage(r *http.Request, keys []string, item func(i int) any) []byte {
+	from, to, next := page(r, keys, e.opts.PageSize)
+	items := make([]json.RawMessage, 0, to-from)
+	for i := from; i < to; i++ {
+		items = append(items, mustJSON(item(i)))
+	}
+	return listBody(items, next)
+}
+
+// indexKeys are sort keys for a list of n items in a fixed order.
+func indexKeys(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("%04d", i)
+	}
+	return keys
 }
 
 // listBody assembles an ARM list document from rendered items.

@@ -262,13 +262,8 @@ func (e *Emulator) Start() error {
 		e.st.listen = a
 		e.gen++
 	}
-	e.settleLocked(time.Now())
-	gen := e.gen
 	e.mu.Unlock()
-	if err := e.commit(gen); err != nil {
-		e.log.Error("write state", "err", err)
-	}
-	e.syncAgents()
+	e.settle()
 
 	go func() {
 		err := e.srv.ServeTLS(ln, "", "")
@@ -424,15 +419,30 @@ func (e *Emulator) loop() {
 			e.st.pruneOps(time.Now())
 			e.mu.Unlock()
 		}
-		e.mu.Lock()
-		e.settleLocked(time.Now())
-		gen := e.gen
-		e.mu.Unlock()
-		if err := e.commit(gen); err != nil {
-			e.log.Error("write state", "err", err)
-		}
-		e.syncAgents()
+		e.settle()
 	}
+}
+
+// settle ends the operations whose time has come, then makes the state
+// durable and the agents current.
+func (e *Emulator) settle() {
+	e.mu.Lock()
+	e.settleLocked(time.Now())
+	gen := e.gen
+	e.mu.Unlock()
+	_ = e.publish(gen)
+}
+
+// publish makes the state as of gen durable and brings the agents in line
+// with it. A failure to write is logged, and returned for the reply that
+// would acknowledge the change.
+func (e *Emulator) publish(gen uint64) error {
+	err := e.commit(gen)
+	if err != nil {
+		e.log.Error("write state", "err", err)
+	}
+	e.syncAgents()
+	return err
 }
 
 // wake tells the loop that an operation was added.

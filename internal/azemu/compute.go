@@ -42,12 +42,14 @@ func (e *Emulator) locked(fn func(now time.Time)) error {
 		e.wake()
 	}
 	e.mu.Unlock()
-	err := e.commit(gen)
-	if err != nil {
-		e.log.Error("write state", "err", err)
-	}
-	e.syncAgents()
-	return err
+	return e.publish(gen)
+}
+
+// answer runs fn as locked does and sends the reply it returns.
+func (e *Emulator) answer(w http.ResponseWriter, r *http.Request, fn func(now time.Time) reply) {
+	var rep reply
+	err := e.locked(func(now time.Time) { rep = fn(now) })
+	e.send(w, r, rep, err)
 }
 
 // send writes a reply.
@@ -73,6 +75,25 @@ func (e *Emulator) send(w http.ResponseWriter, r *http.Request, rep reply, state
 	writeRaw(w, rep.status, rep.body)
 }
 
+func okReply(v any) reply {
+	return reply{status: http.StatusOK, body: mustJSON(v)}
+}
+
+// accepted answers a POST or DELETE that began operation o.
+func accepted(o *operation) reply {
+	return reply{status: http.StatusAccepted, op: o}
+}
+
+func noContent() reply {
+	return reply{status: http.StatusNoContent}
+}
+
+// setReply shows scale set s in provisioning state state, with its ETag
+// and, when o is not nil, the polling headers of o.
+func (e *Emulator) setReply(status int, s *scaleSet, state string, o *operation) reply {
+	return reply{status: status, body: mustJSON(e.renderSet(s, state)), op: o, etag: s.etag()}
+}
+
 func notFoundSet(rg, name string) reply {
 	return errReply(http.StatusNotFound, "ResourceNotFound", fmt.Sprintf(
 		"The Resource 'Microsoft.Compute/virtualMachineScaleSets/%s' under resource group '%s' was not found.", name, rg))
@@ -91,6 +112,43 @@ func notFoundVM(rg, name, id string) reply {
 func conflictDeleting(name string) reply {
 	return errReply(http.StatusConflict, "OperationNotAllowed", fmt.Sprintf(
 		"The operation is not allowed because scale set '%s' is being deleted.", name))
+}
+
+func undecodable() reply {
+	return errReply(http.StatusBadRequest, "InvalidRequestContent", "The request content was invalid and could not be deserialized.")
+}
+
+// setLocked finds the scale set a request names; miss is ARM's answer when
+// there is none.
+func (e *Emulator) setLocked(sub, rg, name string) (s *scaleSet, miss reply) {
+	s = e.st.sets[setKey(sub, rg, name)]
+	if s == nil {
+		return nil, notFoundSet(rg, name)
+	}
+	return s, reply{}
+}
+
+// parentLocked finds the scale set of the VMs or NICs a request names; ARM
+// calls a missing one ParentResourceNotFound.
+func (e *Emulator) parentLocked(sub, rg, name string) (s *scaleSet, miss reply) {
+	s = e.st.sets[setKey(sub, rg, name)]
+	if s == nil {
+		return nil, parentNotFound(name)
+	}
+	return s, reply{}
+}
+
+// vmLocked finds the VM a request names. s is nil when its scale set is
+// missing, v when either is; miss is ARM's answer then.
+func (e *Emulator) vmLocked(sub, rg, name, id string) (s *scaleSet, v *vm, miss reply) {
+	s, miss = e.parentLocked(sub, rg, name)
+	if s == nil {
+		return nil, nil, miss
+	}
+	if v = s.lookupVM(id); v == nil {
+		return s, nil, notFoundVM(rg, name, id)
+	}
+	return s, v, reply{}
 }
 
 // preconditionFailed checks If-Match and If-None-Match against s (nil when
@@ -149,7 +207,7 @@ var computedKeys = map[string]bool{"id": true, "name": true, "type": true, "etag
 func parseSetBody(body []byte) (parsedSet, *reply) {
 	var in map[string]any
 	if err := json.Unmarshal(body, &in); err != nil || in == nil {
-		r := errReply(http.StatusBadRequest, "InvalidRequestContent", "The request content was invalid and could not be deserialized.")
+		r := undecodable()
 		return parsedSet{}, &r
 	}
 	p := parsedSet{model: map[string]any{}}
@@ -245,8 +303,7 @@ func validSetName(name string) bool {
 // --- scale sets ---
 
 func (e *Emulator) handleListSets(w http.ResponseWriter, r *http.Request, sub, rg string) {
-	var rep reply
-	err := e.locked(func(now time.Time) {
+	e.answer(w, r, func(time.Time) reply {
 		prefix := setKey(sub, rg, "")
 		var keys []string
 		for k := range e.st.sets {
@@ -255,28 +312,21 @@ func (e *Emulator) handleListSets(w http.ResponseWriter, r *http.Request, sub, r
 			}
 		}
 		slices.Sort(keys)
-		from, to, next := page(r, keys, e.opts.PageSize)
-		items := make([]json.RawMessage, 0, to-from)
-		for _, k := range keys[from:to] {
-			s := e.st.sets[k]
-			items = append(items, mustJSON(e.renderSet(s, s.State)))
-		}
-		rep = reply{status: http.StatusOK, body: listBody(items, next)}
+		return reply{status: http.StatusOK, body: e.listPage(r, keys, func(i int) any {
+			s := e.st.sets[keys[i]]
+			return e.renderSet(s, s.State)
+		})}
 	})
-	e.send(w, r, rep, err)
 }
 
 func (e *Emulator) handleGetSet(w http.ResponseWriter, r *http.Request, sub, rg, name string) {
-	var rep reply
-	err := e.locked(func(now time.Time) {
-		s := e.st.sets[setKey(sub, rg, name)]
+	e.answer(w, r, func(time.Time) reply {
+		s, miss := e.setLocked(sub, rg, name)
 		if s == nil {
-			rep = notFoundSet(rg, name)
-			return
+			return miss
 		}
-		rep = reply{status: http.StatusOK, body: mustJSON(e.renderSet(s, s.State)), etag: s.etag()}
+		return e.setReply(http.StatusOK, s, s.State, nil)
 	})
-	e.send(w, r, rep, err)
 }
 
 func (e *Emulator) handlePutSet(w http.ResponseWriter, r *http.Request, sub, rg, name string, body []byte) {
@@ -293,59 +343,32 @@ func (e *Emulator) handlePutSet(w http.ResponseWriter, r *http.Request, sub, rg,
 		armError(w, http.StatusBadRequest, "LocationRequired", "The location property is required for this definition.")
 		return
 	}
-	var rep reply
-	err := e.locked(func(now time.Time) {
-		s := e.st.sets[setKey(sub, rg, name)]
-		if pf, failed := preconditionFailed(r, s); failed {
-			rep = pf
-			return
-		}
-		if s != nil && s.State == stDeleting {
-			rep = conflictDeleting(name)
-			return
-		}
-		if s != nil {
-			if o := e.preemptLocked(opPutSet, s, now); o != nil {
-				rep = reply{status: http.StatusOK, body: mustJSON(e.renderSet(s, stUpdating)), op: o, etag: s.etag()}
-				return
-			}
+	e.answer(w, r, func(now time.Time) reply {
+		s, _ := e.setLocked(sub, rg, name)
+		if rep, refused := e.refuseChangeLocked(r, opPutSet, s, name, now); refused {
+			return rep
 		}
 		created := s == nil
 		capacity := in.capacity
 		if !in.hasCap && !created {
 			capacity = s.Capacity
 		}
-		active := 0
-		if !created {
-			active = len(s.activeVMs())
+		if rep, short := e.addressesShortLocked(s, capacity); short {
+			return rep
 		}
-		if need := capacity - active; need > 0 && uint32(need) > e.st.ips.free() {
-			rep = errReply(http.StatusBadRequest, "SubnetIsFull", fmt.Sprintf(
-				"The emulator's address block %s has %d free addresses; %d are needed.", e.st.ips.prefix, e.st.ips.free(), need))
-			return
-		}
+		state, status := stUpdating, http.StatusOK
 		if created {
 			s = &scaleSet{Sub: sub, RG: rg, Name: name, UniqueID: newID(), Created: now, VMs: map[int]*vm{}}
 			e.st.sets[s.key()] = s
-			s.State = stCreating
-		} else {
-			s.State = stUpdating
+			state, status = stCreating, http.StatusCreated
 		}
 		if created || !reflect.DeepEqual(s.Model, in.model) {
 			s.ModelGen++
 		}
 		s.Location, s.Tags, s.SKU, s.Model = in.location, in.tags, in.sku, in.model
-		s.ETag++
-		o := e.beginOpLocked(opPutSet, s, now)
-		s.StateOp = o.ID
-		e.scaleLocked(s, capacity, o, now)
-		status := http.StatusOK
-		if created {
-			status = http.StatusCreated
-		}
-		rep = reply{status: status, body: mustJSON(e.renderSet(s, s.State)), op: o, etag: s.etag()}
+		o := e.changeSetLocked(opPutSet, s, state, capacity, now)
+		return e.setReply(status, s, s.State, o)
 	})
-	e.send(w, r, rep, err)
 }
 
 func (e *Emulator) handlePatchSet(w http.ResponseWriter, r *http.Request, sub, rg, name string, body []byte) {
@@ -354,33 +377,20 @@ func (e *Emulator) handlePatchSet(w http.ResponseWriter, r *http.Request, sub, r
 		e.send(w, r, *bad, nil)
 		return
 	}
-	var rep reply
-	err := e.locked(func(now time.Time) {
-		s := e.st.sets[setKey(sub, rg, name)]
+	e.answer(w, r, func(now time.Time) reply {
+		s, miss := e.setLocked(sub, rg, name)
 		if s == nil {
-			rep = notFoundSet(rg, name)
-			return
+			return miss
 		}
-		if pf, failed := preconditionFailed(r, s); failed {
-			rep = pf
-			return
-		}
-		if s.State == stDeleting {
-			rep = conflictDeleting(name)
-			return
-		}
-		if o := e.preemptLocked(opPatchSet, s, now); o != nil {
-			rep = reply{status: http.StatusOK, body: mustJSON(e.renderSet(s, stUpdating)), op: o, etag: s.etag()}
-			return
+		if rep, refused := e.refuseChangeLocked(r, opPatchSet, s, name, now); refused {
+			return rep
 		}
 		capacity := s.Capacity
 		if in.hasCap {
 			capacity = in.capacity
 		}
-		if need := capacity - len(s.activeVMs()); need > 0 && uint32(need) > e.st.ips.free() {
-			rep = errReply(http.StatusBadRequest, "SubnetIsFull", fmt.Sprintf(
-				"The emulator's address block %s has %d free addresses; %d are needed.", e.st.ips.prefix, e.st.ips.free(), need))
-			return
+		if rep, short := e.addressesShortLocked(s, capacity); short {
+			return rep
 		}
 		if in.hasSKU {
 			s.SKU = mergePatch(s.SKU, in.sku)
@@ -392,36 +402,72 @@ func (e *Emulator) handlePatchSet(w http.ResponseWriter, r *http.Request, sub, r
 			s.Model = model
 			s.ModelGen++
 		}
-		s.ETag++
-		s.State = stUpdating
-		o := e.beginOpLocked(opPatchSet, s, now)
-		s.StateOp = o.ID
-		e.scaleLocked(s, capacity, o, now)
-		rep = reply{status: http.StatusOK, body: mustJSON(e.renderSet(s, s.State)), op: o, etag: s.etag()}
+		o := e.changeSetLocked(opPatchSet, s, stUpdating, capacity, now)
+		return e.setReply(http.StatusOK, s, s.State, o)
 	})
-	e.send(w, r, rep, err)
+}
+
+// refuseChangeLocked checks a PUT or PATCH of scale set s (nil when there is
+// none yet) before it changes anything: its preconditions, a delete under
+// way, and an armed OperationPreempted fault, which is answered as if the
+// change had begun.
+func (e *Emulator) refuseChangeLocked(r *http.Request, kind string, s *scaleSet, name string, now time.Time) (reply, bool) {
+	if pf, failed := preconditionFailed(r, s); failed {
+		return pf, true
+	}
+	if s == nil {
+		return reply{}, false
+	}
+	if s.State == stDeleting {
+		return conflictDeleting(name), true
+	}
+	if o := e.preemptLocked(kind, s, now); o != nil {
+		return e.setReply(http.StatusOK, s, stUpdating, o), true
+	}
+	return reply{}, false
+}
+
+// addressesShortLocked refuses to grow s (nil for a new set) to capacity
+// VMs when the address block has too few free addresses.
+func (e *Emulator) addressesShortLocked(s *scaleSet, capacity int) (reply, bool) {
+	need := capacity
+	if s != nil {
+		need -= len(s.activeVMs())
+	}
+	if need <= 0 || uint32(need) <= e.st.ips.free() {
+		return reply{}, false
+	}
+	return errReply(http.StatusBadRequest, "SubnetIsFull", fmt.Sprintf(
+		"The emulator's address block %s has %d free addresses; %d are needed.", e.st.ips.prefix, e.st.ips.free(), need)), true
+}
+
+// changeSetLocked begins operation kind for a change of s's model or
+// capacity: s gets a new ETag and stays in provisioning state state until
+// the operation ends, and VMs are created or deleted to reach capacity.
+func (e *Emulator) changeSetLocked(kind string, s *scaleSet, state string, capacity int, now time.Time) *operation {
+	s.ETag++
+	o := e.beginOpLocked(kind, s, now)
+	s.State, s.StateOp = state, o.ID
+	e.scaleLocked(s, capacity, o, now)
+	return o
 }
 
 func (e *Emulator) handleDeleteSet(w http.ResponseWriter, r *http.Request, sub, rg, name string) {
-	var rep reply
-	err := e.locked(func(now time.Time) {
-		s := e.st.sets[setKey(sub, rg, name)]
+	e.answer(w, r, func(now time.Time) reply {
+		s, _ := e.setLocked(sub, rg, name)
 		if s == nil {
-			rep = reply{status: http.StatusNoContent}
-			return
+			return noContent()
 		}
 		if o := e.preemptLocked(opDeleteSet, s, now); o != nil {
-			rep = reply{status: http.StatusAccepted, op: o}
-			return
+			return accepted(o)
 		}
 		o := e.beginOpLocked(opDeleteSet, s, now)
 		s.State, s.StateOp = stDeleting, o.ID
 		for _, v := range s.VMs {
-			v.State, v.Power, v.Op, v.PowerGoal = stDeleting, pwStopping, o.ID, ""
+			v.markDeleting(o.ID)
 		}
-		rep = reply{status: http.StatusAccepted, op: o}
+		return accepted(o)
 	})
-	e.send(w, r, rep, err)
 }
 
 // scaleLocked sets s's capacity: new VMs (new, increasing instance ids) are
@@ -438,9 +484,14 @@ func (e *Emulator) scaleLocked(s *scaleSet, capacity int, o *operation, now time
 	}
 	if len(active) > capacity {
 		for _, v := range active[capacity:] {
-			v.State, v.Power, v.Op, v.PowerGoal = stDeleting, pwStopping, o.ID, ""
+			v.markDeleting(o.ID)
 		}
 	}
+}
+
+// markDeleting hands v to operation opID, whose end deletes it.
+func (v *vm) markDeleting(opID string) {
+	v.State, v.Power, v.Op, v.PowerGoal = stDeleting, pwStopping, opID, ""
 }
 
 // newVMLocked adds a VM, Creating, owned by operation opID ("" for one that
@@ -479,7 +530,7 @@ func (e *Emulator) handleSetAction(w http.ResponseWriter, r *http.Request, sub, 
 	var in instanceIDs
 	if len(strings.TrimSpace(string(body))) > 0 {
 		if err := json.Unmarshal(body, &in); err != nil {
-			armError(w, http.StatusBadRequest, "InvalidRequestContent", "The request content was invalid and could not be deserialized.")
+			e.send(w, r, undecodable(), nil)
 			return
 		}
 	}
@@ -487,71 +538,52 @@ func (e *Emulator) handleSetAction(w http.ResponseWriter, r *http.Request, sub, 
 		armError(w, http.StatusBadRequest, "InvalidParameter", "Required parameter 'instanceIds' is missing (null).")
 		return
 	}
-	var rep reply
-	err := e.locked(func(now time.Time) {
-		s := e.st.sets[setKey(sub, rg, name)]
+	e.answer(w, r, func(now time.Time) reply {
+		s, miss := e.setLocked(sub, rg, name)
 		if s == nil {
-			rep = notFoundSet(rg, name)
-			return
+			return miss
 		}
-		rep = e.actLocked(s, action, in.InstanceIDs, now)
+		return e.actLocked(s, action, in.InstanceIDs, now)
 	})
-	e.send(w, r, rep, err)
 }
 
 func (e *Emulator) handleVMAction(w http.ResponseWriter, r *http.Request, sub, rg, name, id, action string) {
-	var rep reply
-	err := e.locked(func(now time.Time) {
-		s := e.st.sets[setKey(sub, rg, name)]
-		if s == nil {
-			rep = parentNotFound(name)
-			return
+	e.answer(w, r, func(now time.Time) reply {
+		s, v, miss := e.vmLocked(sub, rg, name, id)
+		if v == nil {
+			return miss
 		}
-		if v := s.lookupVM(id); v == nil || v.State == stDeleting {
-			rep = notFoundVM(rg, name, id)
-			return
+		if v.State == stDeleting {
+			return notFoundVM(rg, name, id)
 		}
-		rep = e.actLocked(s, action, []string{id}, now)
+		return e.actLocked(s, action, []string{id}, now)
 	})
-	e.send(w, r, rep, err)
 }
 
 func (e *Emulator) handleDeleteVM(w http.ResponseWriter, r *http.Request, sub, rg, name, id string) {
-	var rep reply
-	err := e.locked(func(now time.Time) {
-		s := e.st.sets[setKey(sub, rg, name)]
-		if s == nil {
-			rep = parentNotFound(name)
-			return
+	e.answer(w, r, func(now time.Time) reply {
+		s, v, miss := e.vmLocked(sub, rg, name, id)
+		switch {
+		case s == nil:
+			return miss
+		case v == nil:
+			return noContent()
 		}
-		if v := s.lookupVM(id); v == nil {
-			rep = reply{status: http.StatusNoContent}
-			return
-		}
-		rep = e.actLocked(s, "delete", []string{id}, now)
+		return e.actLocked(s, "delete", []string{id}, now)
 	})
-	e.send(w, r, rep, err)
 }
 
 // handleSimulateEviction evicts a Spot VM: with the Delete eviction policy
 // it is gone, and the capacity with it.
 func (e *Emulator) handleSimulateEviction(w http.ResponseWriter, r *http.Request, sub, rg, name, id string) {
-	var rep reply
-	err := e.locked(func(now time.Time) {
-		s := e.st.sets[setKey(sub, rg, name)]
-		if s == nil {
-			rep = parentNotFound(name)
-			return
-		}
-		v := s.lookupVM(id)
+	e.answer(w, r, func(time.Time) reply {
+		s, v, miss := e.vmLocked(sub, rg, name, id)
 		if v == nil {
-			rep = notFoundVM(rg, name, id)
-			return
+			return miss
 		}
 		e.removeVMLocked(s, v)
-		rep = reply{status: http.StatusNoContent}
+		return noContent()
 	})
-	e.send(w, r, rep, err)
 }
 
 func (s *scaleSet) lookupVM(id string) *vm {
@@ -605,20 +637,22 @@ func (e *Emulator) actLocked(s *scaleSet, action string, ids []string, now time.
 		kind = opReimage
 	}
 	if o := e.preemptLocked(kind, s, now); o != nil {
-		return reply{status: http.StatusAccepted, op: o}
+		return accepted(o)
 	}
 	o := e.beginOpLocked(kind, s, now)
 	for _, v := range targets {
-		v.Op = o.ID
+		if action == "delete" {
+			v.markDeleting(o.ID)
+			continue
+		}
+		v.State, v.Op = stUpdating, o.ID
 		switch action {
-		case "delete":
-			v.State, v.Power, v.PowerGoal = stDeleting, pwStopping, ""
 		case "powerOff":
-			v.State, v.Power, v.PowerGoal = stUpdating, pwStopping, pwStopped
+			v.Power, v.PowerGoal = pwStopping, pwStopped
 		case "deallocate":
-			v.State, v.Power, v.PowerGoal = stUpdating, pwDeallocating, pwDeallocated
+			v.Power, v.PowerGoal = pwDeallocating, pwDeallocated
 		default: // reimage, restart, start
-			v.State, v.Power, v.PowerGoal = stUpdating, pwStarting, pwRunning
+			v.Power, v.PowerGoal = pwStarting, pwRunning
 		}
 	}
 	if action == "delete" {
@@ -626,71 +660,61 @@ func (e *Emulator) actLocked(s *scaleSet, action string, ids []string, now time.
 		s.ETag++
 		s.State, s.StateOp = stUpdating, o.ID
 	}
-	return reply{status: http.StatusAccepted, op: o}
+	return accepted(o)
 }
 
 // --- VMs ---
 
 func (e *Emulator) handleListVMs(w http.ResponseWriter, r *http.Request, sub, rg, name string) {
-	expand := strings.Contains(strings.ToLower(r.URL.Query().Get("$expand")), "instanceview")
-	var rep reply
-	err := e.locked(func(now time.Time) {
-		s := e.st.sets[setKey(sub, rg, name)]
+	expand := expandsInstanceView(r)
+	e.answer(w, r, func(time.Time) reply {
+		s, miss := e.parentLocked(sub, rg, name)
 		if s == nil {
-			rep = parentNotFound(name)
-			return
+			return miss
 		}
 		vms := s.sortedVMs()
-		keys := make([]string, len(vms))
-		for i, v := range vms {
-			keys[i] = vmKey(v.ID)
-		}
-		from, to, next := page(r, keys, e.opts.PageSize)
 		view := s.view()
-		items := make([]json.RawMessage, 0, to-from)
-		for _, v := range vms[from:to] {
-			items = append(items, mustJSON(e.renderVM(s, &view, v, expand)))
-		}
-		rep = reply{status: http.StatusOK, body: listBody(items, next)}
+		return reply{status: http.StatusOK, body: e.listPage(r, vmKeys(vms), func(i int) any {
+			return e.renderVM(s, &view, vms[i], expand)
+		})}
 	})
-	e.send(w, r, rep, err)
 }
 
-// vmKey sorts instance ids as strings in numeric order, for $skiptoken.
-func vmKey(id int) string { return fmt.Sprintf("%010d", id) }
+// vmKeys sort instance ids as strings in numeric order, for $skiptoken.
+func vmKeys(vms []*vm) []string {
+	keys := make([]string, len(vms))
+	for i, v := range vms {
+		keys[i] = fmt.Sprintf("%010d", v.ID)
+	}
+	return keys
+}
+
+// expandsInstanceView reports whether a request asks for VMs' instance views.
+func expandsInstanceView(r *http.Request) bool {
+	return strings.Contains(strings.ToLower(r.URL.Query().Get("$expand")), "instanceview")
+}
 
 func (e *Emulator) handleGetVM(w http.ResponseWriter, r *http.Request, sub, rg, name, id string, onlyView bool) {
-	expand := strings.Contains(strings.ToLower(r.URL.Query().Get("$expand")), "instanceview")
-	var rep reply
-	err := e.locked(func(now time.Time) {
-		s := e.st.sets[setKey(sub, rg, name)]
-		if s == nil {
-			rep = parentNotFound(name)
-			return
-		}
-		v := s.lookupVM(id)
+	expand := expandsInstanceView(r)
+	e.answer(w, r, func(time.Time) reply {
+		s, v, miss := e.vmLocked(sub, rg, name, id)
 		if v == nil {
-			rep = notFoundVM(rg, name, id)
-			return
+			return miss
 		}
 		view := s.view()
 		if onlyView {
-			rep = reply{status: http.StatusOK, body: mustJSON(instanceView(&view, v))}
-			return
+			return okReply(instanceView(&view, v))
 		}
-		rep = reply{status: http.StatusOK, body: mustJSON(e.renderVM(s, &view, v, expand))}
+		return okReply(e.renderVM(s, &view, v, expand))
 	})
-	e.send(w, r, rep, err)
 }
 
 // handleSetInstanceView summarises the VMs' provisioning states.
 func (e *Emulator) handleSetInstanceView(w http.ResponseWriter, r *http.Request, sub, rg, name string) {
-	var rep reply
-	err := e.locked(func(now time.Time) {
-		s := e.st.sets[setKey(sub, rg, name)]
+	e.answer(w, r, func(time.Time) reply {
+		s, miss := e.setLocked(sub, rg, name)
 		if s == nil {
-			rep = notFoundSet(rg, name)
-			return
+			return miss
 		}
 		counts := map[string]int{}
 		for _, v := range s.VMs {
@@ -705,14 +729,13 @@ func (e *Emulator) handleSetInstanceView(w http.ResponseWriter, r *http.Request,
 		for _, c := range codes {
 			summary = append(summary, map[string]any{"code": c, "count": counts[c]})
 		}
-		rep = reply{status: http.StatusOK, body: mustJSON(map[string]any{
+		return okReply(map[string]any{
 			"virtualMachine": map[string]any{"statusesSummary": summary},
 			"statuses": []map[string]any{{
 				"code": "ProvisioningState/" + strings.ToLower(s.State), "level": "Info", "displayStatus": s.State,
 			}},
-		})}
+		})
 	})
-	e.send(w, r, rep, err)
 }
 
 // --- rendering ---

@@ -3,6 +3,7 @@ package azemu
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -99,10 +100,98 @@ func ParseFaults(b []byte) (Faults, error) {
 	return f, err
 }
 
-// faultKeys are the keys a faults document may hold.
-var faultKeys = map[string]bool{
-	"throttle": true, "lro_delay_ms": true, "error_rate": true, "latency_ms": true,
-	"operation_preempted": true, "fail_provisioning": true, "quota": true, "clear": true,
+// faultFields read the keys of a faults document, in the order their errors
+// are reported. Each decodes its value into a fresh variable, so that null
+// leaves the zero value: no fault.
+var faultFields = []struct {
+	key string
+	set func(f *Faults, raw json.RawMessage) error
+}{
+	{"throttle", func(f *Faults, raw json.RawMessage) error {
+		var t *Throttle
+		if err := strictUnmarshal(raw, &t); err != nil {
+			return err
+		}
+		if t != nil {
+			if t.RetryAfterS < 0 || t.Count < 0 {
+				return errors.New("retry_after_s and count must be >= 0")
+			}
+			if t.RetryAfterS == 0 {
+				t.RetryAfterS = 1
+			}
+			t.Method = strings.ToUpper(t.Method)
+		}
+		f.Throttle = t
+		return nil
+	}},
+	{"lro_delay_ms", func(f *Faults, raw json.RawMessage) error {
+		var ms *int64
+		if err := json.Unmarshal(raw, &ms); err != nil {
+			return err
+		}
+		if ms != nil && *ms < 0 {
+			return errNegative
+		}
+		f.LRODelayMS = ms
+		return nil
+	}},
+	{"error_rate", func(f *Faults, raw json.RawMessage) error {
+		var rate float64
+		if err := json.Unmarshal(raw, &rate); err != nil {
+			return err
+		}
+		if rate < 0 || rate > 1 {
+			return errors.New("must be within 0..1")
+		}
+		f.ErrorRate = rate
+		return nil
+	}},
+	{"latency_ms", func(f *Faults, raw json.RawMessage) error {
+		return decodeNonNegative(raw, &f.LatencyMS)
+	}},
+	{"operation_preempted", func(f *Faults, raw json.RawMessage) error {
+		var p *Preemption
+		if err := json.Unmarshal(raw, &p); err != nil {
+			return err
+		}
+		if p != nil && p.Count < 0 {
+			return errors.New("count must be >= 0")
+		}
+		if p != nil && p.Count == 0 {
+			p = nil
+		}
+		f.OperationPreempted = p
+		return nil
+	}},
+	{"fail_provisioning", func(f *Faults, raw json.RawMessage) error {
+		return decodeNonNegative(raw, &f.FailProvisioning)
+	}},
+	{"quota", func(f *Faults, raw json.RawMessage) error {
+		var q *Quota
+		if err := strictUnmarshal(raw, &q); err != nil {
+			return err
+		}
+		if q != nil && (q.Cores < 0 || q.LowPriorityCores < 0) {
+			return errors.New("limits must be >= 0")
+		}
+		f.Quota = q
+		return nil
+	}},
+}
+
+var errNegative = errors.New("must be >= 0")
+
+// decodeNonNegative decodes a count or duration into v; null is 0.
+func decodeNonNegative[T int | int64](raw json.RawMessage, v *T) error {
+	var n T
+	if err := json.Unmarshal(raw, &n); err != nil {
+		return err
+	}
+	if n < 0 {
+		return errNegative
+	}
+	*v = n
+	return nil
 }
 
 // mergeFaults applies a faults document to cur: each key present replaces
@@ -116,9 +205,13 @@ func mergeFaults(cur Faults, doc []byte) (out Faults, cleared bool, err error) {
 	if err := json.Unmarshal(doc, &m); err != nil {
 		return cur, false, fmt.Errorf("faults: %w", err)
 	}
+	known := map[string]bool{"clear": true}
+	for _, ff := range faultFields {
+		known[ff.key] = true
+	}
 	var unknown []string
 	for k := range m {
-		if !faultKeys[k] {
+		if !known[k] {
 			unknown = append(unknown, k)
 		}
 	}
@@ -140,137 +233,16 @@ func mergeFaults(cur Faults, doc []byte) (out Faults, cleared bool, err error) {
 	if cleared {
 		out = Faults{}
 	}
-	isNull := func(raw json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(raw), []byte("null")) }
-	field := func(key string, set func(raw json.RawMessage, null bool) error) error {
-		raw, ok := m[key]
+	for _, ff := range faultFields {
+		raw, ok := m[ff.key]
 		if !ok {
-			return nil
+			continue
 		}
-		if err := set(raw, isNull(raw)); err != nil {
-			return fmt.Errorf("faults: %s: %w", key, err)
+		if err := ff.set(&out, raw); err != nil {
+			return cur, false, fmt.Errorf("faults: %s: %w", ff.key, err)
 		}
-		return nil
-	}
-	err = firstErr(
-		field("throttle", func(raw json.RawMessage, null bool) error {
-			if null {
-				out.Throttle = nil
-				return nil
-			}
-			var t Throttle
-			if err := strictUnmarshal(raw, &t); err != nil {
-				return err
-			}
-			if t.RetryAfterS < 0 || t.Count < 0 {
-				return fmt.Errorf("retry_after_s and count must be >= 0")
-			}
-			if t.RetryAfterS == 0 {
-				t.RetryAfterS = 1
-			}
-			t.Method = strings.ToUpper(t.Method)
-			out.Throttle = &t
-			return nil
-		}),
-		field("lro_delay_ms", func(raw json.RawMessage, null bool) error {
-			if null {
-				out.LRODelayMS = nil
-				return nil
-			}
-			var ms int64
-			if err := json.Unmarshal(raw, &ms); err != nil {
-				return err
-			}
-			if ms < 0 {
-				return fmt.Errorf("must be >= 0")
-			}
-			out.LRODelayMS = &ms
-			return nil
-		}),
-		field("error_rate", func(raw json.RawMessage, null bool) error {
-			out.ErrorRate = 0
-			if null {
-				return nil
-			}
-			if err := json.Unmarshal(raw, &out.ErrorRate); err != nil {
-				return err
-			}
-			if out.ErrorRate < 0 || out.ErrorRate > 1 {
-				return fmt.Errorf("must be within 0..1")
-			}
-			return nil
-		}),
-		field("latency_ms", func(raw json.RawMessage, null bool) error {
-			out.LatencyMS = 0
-			if null {
-				return nil
-			}
-			if err := json.Unmarshal(raw, &out.LatencyMS); err != nil {
-				return err
-			}
-			if out.LatencyMS < 0 {
-				return fmt.Errorf("must be >= 0")
-			}
-			return nil
-		}),
-		field("operation_preempted", func(raw json.RawMessage, null bool) error {
-			out.OperationPreempted = nil
-			if null {
-				return nil
-			}
-			var p Preemption
-			if err := json.Unmarshal(raw, &p); err != nil {
-				return err
-			}
-			if p.Count < 0 {
-				return fmt.Errorf("count must be >= 0")
-			}
-			if p.Count > 0 {
-				out.OperationPreempted = &p
-			}
-			return nil
-		}),
-		field("fail_provisioning", func(raw json.RawMessage, null bool) error {
-			out.FailProvisioning = 0
-			if null {
-				return nil
-			}
-			if err := json.Unmarshal(raw, &out.FailProvisioning); err != nil {
-				return err
-			}
-			if out.FailProvisioning < 0 {
-				return fmt.Errorf("must be >= 0")
-			}
-			return nil
-		}),
-		field("quota", func(raw json.RawMessage, null bool) error {
-			if null {
-				out.Quota = nil
-				return nil
-			}
-			var q Quota
-			if err := strictUnmarshal(raw, &q); err != nil {
-				return err
-			}
-			if q.Cores < 0 || q.LowPriorityCores < 0 {
-				return fmt.Errorf("limits must be >= 0")
-			}
-			out.Quota = &q
-			return nil
-		}),
-	)
-	if err != nil {
-		return cur, false, err
 	}
 	return out, cleared, nil
-}
-
-func firstErr(errs ...error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // strictUnmarshal decodes JSON and rejects unknown fields.

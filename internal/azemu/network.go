@@ -1,7 +1,6 @@
 package azemu
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -104,60 +103,44 @@ func macAddress(ip string) string {
 
 // handleListNICs lists the NICs of a scale set, or of one of its VMs.
 func (e *Emulator) handleListNICs(w http.ResponseWriter, r *http.Request, sub, rg, name, instance string) {
-	var rep reply
-	err := e.locked(func(now time.Time) {
-		s := e.st.sets[setKey(sub, rg, name)]
-		if s == nil {
-			rep = parentNotFound(name)
-			return
-		}
-		vms := s.sortedVMs()
-		if instance != "" {
-			v := s.lookupVM(instance)
-			if v == nil {
-				rep = notFoundVM(rg, name, instance)
-				return
+	e.answer(w, r, func(time.Time) reply {
+		if instance == "" {
+			s, miss := e.parentLocked(sub, rg, name)
+			if s == nil {
+				return miss
 			}
-			vms = []*vm{v}
+			return e.nicList(r, s, s.sortedVMs())
 		}
-		keys := make([]string, len(vms))
-		for i, v := range vms {
-			keys[i] = vmKey(v.ID)
+		s, v, miss := e.vmLocked(sub, rg, name, instance)
+		if v == nil {
+			return miss
 		}
-		from, to, next := page(r, keys, e.opts.PageSize)
-		view := s.view()
-		items := make([]json.RawMessage, 0, to-from)
-		for _, v := range vms[from:to] {
-			items = append(items, mustJSON(renderNIC(s, &view, v)))
-		}
-		rep = reply{status: http.StatusOK, body: listBody(items, next)}
+		return e.nicList(r, s, []*vm{v})
 	})
-	e.send(w, r, rep, err)
+}
+
+// nicList answers with a page of the NICs of vms, VMs of s.
+func (e *Emulator) nicList(r *http.Request, s *scaleSet, vms []*vm) reply {
+	view := s.view()
+	return reply{status: http.StatusOK, body: e.listPage(r, vmKeys(vms), func(i int) any {
+		return renderNIC(s, &view, vms[i])
+	})}
 }
 
 func (e *Emulator) handleGetNIC(w http.ResponseWriter, r *http.Request, sub, rg, name, instance, nic string) {
-	var rep reply
-	err := e.locked(func(now time.Time) {
-		s := e.st.sets[setKey(sub, rg, name)]
-		if s == nil {
-			rep = parentNotFound(name)
-			return
+	e.answer(w, r, func(time.Time) reply {
+		s, v, miss := e.vmLocked(sub, rg, name, instance)
+		if v == nil {
+			return miss
 		}
 		view := s.view()
-		v := s.lookupVM(instance)
-		if v == nil {
-			rep = notFoundVM(rg, name, instance)
-			return
-		}
 		if !strings.EqualFold(nic, view.nicName) {
-			rep = errReply(http.StatusNotFound, "ResourceNotFound", fmt.Sprintf(
+			return errReply(http.StatusNotFound, "ResourceNotFound", fmt.Sprintf(
 				"The Resource 'Microsoft.Compute/virtualMachineScaleSets/%s/virtualMachines/%s/networkInterfaces/%s' under resource group '%s' was not found.",
 				name, instance, nic, rg))
-			return
 		}
-		rep = reply{status: http.StatusOK, body: mustJSON(renderNIC(s, &view, v))}
+		return okReply(renderNIC(s, &view, v))
 	})
-	e.send(w, r, rep, err)
 }
 
 // handleSubnet answers for any subnet of any virtual network: it exists, with
@@ -247,18 +230,13 @@ func (e *Emulator) handleSKUs(w http.ResponseWriter, r *http.Request) {
 			locs = []string{strings.Trim(strings.TrimSpace(v), "'\"")}
 		}
 	}
-	keys := make([]string, len(skuCatalog))
-	for i := range skuCatalog {
-		keys[i] = fmt.Sprintf("%04d", i)
-	}
-	from, to, next := page(r, keys, e.opts.PageSize)
-	items := make([]json.RawMessage, 0, to-from)
-	for _, s := range skuCatalog[from:to] {
+	body := e.listPage(r, indexKeys(len(skuCatalog)), func(i int) any {
+		s := skuCatalog[i]
 		li := make([]any, len(locs))
-		for i, l := range locs {
-			li[i] = map[string]any{"location": l, "zones": []string{"1", "2", "3"}}
+		for j, l := range locs {
+			li[j] = map[string]any{"location": l, "zones": []string{"1", "2", "3"}}
 		}
-		items = append(items, mustJSON(map[string]any{
+		return map[string]any{
 			"resourceType": "virtualMachines",
 			"name":         s.name,
 			"tier":         "Standard",
@@ -277,20 +255,17 @@ func (e *Emulator) handleSKUs(w http.ResponseWriter, r *http.Request) {
 				{"name": "PremiumIO", "value": "True"},
 			},
 			"restrictions": []any{},
-		}))
-	}
-	writeRaw(w, http.StatusOK, listBody(items, next))
+		}
+	})
+	writeRaw(w, http.StatusOK, body)
 }
 
 // handleUsages reports compute quota use in a location, counted from the
 // VMs of the subscription's scale sets there.
 func (e *Emulator) handleUsages(w http.ResponseWriter, r *http.Request, sub, location string) {
-	type usage struct{ cur, limit int64 }
-	var cores, spot, vms, sets int64
-	family := map[string]int64{}
-	var quota Quota
-	err := e.locked(func(now time.Time) {
-		quota = e.faults.quota()
+	e.answer(w, r, func(time.Time) reply {
+		var cores, spot, vms, sets int64
+		family := map[string]int64{}
 		for _, s := range e.st.sets {
 			if !strings.EqualFold(s.Sub, sub) || !sameLocation(s.Location, location) {
 				continue
@@ -310,44 +285,35 @@ func (e *Emulator) handleUsages(w http.ResponseWriter, r *http.Request, sub, loc
 				}
 			}
 		}
-	})
-	if err != nil {
-		e.send(w, r, reply{}, err)
-		return
-	}
-	type entry struct {
-		name, display string
-		u             usage
-	}
-	entries := []entry{
-		{"cores", "Total Regional vCPUs", usage{cores, quota.Cores}},
-		{"lowPriorityCores", "Total Regional Low-priority vCPUs", usage{spot, quota.LowPriorityCores}},
-		{"virtualMachines", "Virtual Machines", usage{vms, 25000}},
-		{"virtualMachineScaleSets", "Virtual Machine Scale Sets", usage{sets, 2500}},
-	}
-	seen := map[string]bool{}
-	for _, s := range skuCatalog {
-		if seen[s.family] {
-			continue
+		quota := e.faults.quota()
+		type usage struct {
+			name, display string
+			cur, limit    int64
 		}
-		seen[s.family] = true
-		entries = append(entries, entry{s.family, s.family + " vCPUs", usage{family[s.family], quota.Cores}})
-	}
-	keys := make([]string, len(entries))
-	for i := range entries {
-		keys[i] = fmt.Sprintf("%04d", i)
-	}
-	from, to, next := page(r, keys, e.opts.PageSize)
-	items := make([]json.RawMessage, 0, to-from)
-	for _, en := range entries[from:to] {
-		items = append(items, mustJSON(map[string]any{
-			"unit":         "Count",
-			"currentValue": en.u.cur,
-			"limit":        en.u.limit,
-			"name":         map[string]string{"value": en.name, "localizedValue": en.display},
-		}))
-	}
-	writeRaw(w, http.StatusOK, listBody(items, next))
+		usages := []usage{
+			{"cores", "Total Regional vCPUs", cores, quota.Cores},
+			{"lowPriorityCores", "Total Regional Low-priority vCPUs", spot, quota.LowPriorityCores},
+			{"virtualMachines", "Virtual Machines", vms, 25000},
+			{"virtualMachineScaleSets", "Virtual Machine Scale Sets", sets, 2500},
+		}
+		seen := map[string]bool{}
+		for _, s := range skuCatalog {
+			if seen[s.family] {
+				continue
+			}
+			seen[s.family] = true
+			usages = append(usages, usage{s.family, s.family + " vCPUs", family[s.family], quota.Cores})
+		}
+		return reply{status: http.StatusOK, body: e.listPage(r, indexKeys(len(usages)), func(i int) any {
+			u := usages[i]
+			return map[string]any{
+				"unit":         "Count",
+				"currentValue": u.cur,
+				"limit":        u.limit,
+				"name":         map[string]string{"value": u.name, "localizedValue": u.display},
+			}
+		})}
+	})
 }
 
 func sameLocation(a, b string) bool {

@@ -150,11 +150,8 @@ func (e *Emulator) handleOperation(w http.ResponseWriter, r *http.Request, sub, 
 		armError(w, http.StatusNotFound, "ResourceNotFound", "The operation '"+id+"' was not found.")
 		return
 	}
-	if err := e.commit(gen); err != nil {
-		e.log.Error("write state", "err", err)
-	}
 	// Agents are up by the time a client hears that the operation succeeded.
-	e.syncAgents()
+	_ = e.publish(gen)
 
 	if r.URL.Query().Get("monitor") == "true" {
 		switch status {

@@ -95,7 +95,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 			Store: st, Provider: prov, Pools: pools,
 			Interval: cfg.Fleet.ReconcileInterval, OpTimeout: cfg.Timeouts.CloudOperation,
 			WaitForAgent: waitForAgent, Agent: agent,
-			ReimageWindow: cfg.Azure.ReimageBatchWindow, MaxConcurrentOps: cfg.Azure.MaxConcurrentOperations,
+			ReimageWindow: cfg.Azure.ReimageBatchWindow, ProvisionTimeout: cfg.Timeouts.VMState, MaxConcurrentOps: cfg.Azure.MaxConcurrentOperations,
 			AdoptExisting: cfg.Azure.AdoptExisting, MultipleDeployments: cfg.Azure.MultipleDeployments,
 			Orphans:        kind == "azure",
 			ResultServerIP: rsHost, ResultServerPort: rsPort,

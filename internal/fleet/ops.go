@@ -96,7 +96,7 @@ func (r *Reconciler) startOp(ctx context.Context, op store.Operation, pre []stor
 		if err != nil {
 			// Someone moved a machine under us; give up this batch and let the
 			// next pass decide again. Undo the moves that landed.
-			r.undo(ctx, pre, res, "operation not issued: "+err.Error())
+			r.undo(ctx, jop, pre, res, "operation not issued: "+err.Error())
 			r.finish(jop, store.OpAbandoned, "machines changed before issue: "+err.Error())
 			return
 		}
@@ -105,17 +105,36 @@ func (r *Reconciler) startOp(ctx context.Context, op store.Operation, pre []stor
 	if err != nil {
 		r.throttle(err)
 		log.Warn("operation not issued", "err", err)
-		r.undo(ctx, pre, nil, "operation failed to start: "+err.Error())
+		r.undo(ctx, jop, pre, nil, "operation failed to start: "+err.Error())
 		r.finish(jop, store.OpFailed, err.Error())
 		return
 	}
-	if err := r.o.Store.SetOperationToken(ctx, jop.ID, pop.Token()); err != nil {
+	if err := r.storeToken(ctx, jop.ID, pop.Token()); err != nil {
 		// The operation runs in the cloud regardless; without its token a
 		// restart re-derives it from the provider's state.
 		log.Error("store resume token", "err", err)
 	}
 	log.Info("operation issued", "resumable", pop.Token() != "")
 	r.await(jop, pop)
+}
+
+// storeToken records a resume token. The operation is issued by now, so a
+// shutdown must not stop the write (the next start would re-derive it and
+// issue it again): it runs detached from ctx, bounded, and is retried.
+func (r *Reconciler) storeToken(ctx context.Context, id int64, token string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	var err error
+	for delay := 100 * time.Millisecond; ; delay *= 2 {
+		if err = r.o.Store.SetOperationToken(ctx, id, token); err == nil || errors.Is(err, store.ErrStale) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+	}
 }
 
 func slicesAnyNil(ms []*store.Machine) bool {
@@ -128,7 +147,7 @@ func slicesAnyNil(ms []*store.Machine) bool {
 }
 
 // undo moves machines that pre moved back to where they were.
-func (r *Reconciler) undo(ctx context.Context, pre []store.Transition, landed []*store.Machine, cause string) {
+func (r *Reconciler) undo(ctx context.Context, op store.Operation, pre []store.Transition, landed []*store.Machine, cause string) {
 	var back []store.Transition
 	for i, t := range pre {
 		if landed != nil && (i >= len(landed) || landed[i] == nil) {
@@ -137,8 +156,10 @@ func (r *Reconciler) undo(ctx context.Context, pre []store.Transition, landed []
 		back = append(back, store.Transition{Label: t.Label, From: t.To, To: t.From, Cause: cause})
 	}
 	if len(back) > 0 {
-		if _, err := r.o.Store.TransitionMachines(ctx, back); err != nil {
-			r.log.Error("undo transitions", "err", err)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := r.move(ctx, op.Pool, back); err != nil {
+			r.log.Error("undo transitions", "pool", op.Pool, "operation_id", op.ID, "instance_ids", op.InstanceIDs, "err", err)
 		}
 	}
 }
@@ -219,10 +240,8 @@ func (r *Reconciler) outcome(ctx context.Context, op store.Operation, err error)
 	var cause string
 	switch op.Kind {
 	case store.OpReimage:
-		from, to, cause = store.Reimaging, store.Provisioning, "reimaged"
-		if err != nil {
-			to, cause = store.Dirty, "reimage failed: "+err.Error()
-		}
+		r.reimaged(ctx, op, err)
+		return
 	case store.OpDelete:
 		if err != nil && !errors.Is(err, provider.ErrNotFound) {
 			return // still deleting; the table issues the delete again
@@ -242,6 +261,42 @@ func (r *Reconciler) outcome(ctx context.Context, op store.Operation, err error)
 	}
 	if err := r.move(ctx, op.Pool, ts); err != nil {
 		r.log.Error("operation outcome", "operation_id", op.ID, "err", err)
+	}
+}
+
+// maxReimageFailures quarantines a machine whose reimage (or reset) failed
+// this many times in a row.
+const maxReimageFailures = 3
+
+// reimaged moves the machines of a finished reimage: to provisioning (ready
+// once the agent answers) on success; back to dirty on failure, or to
+// quarantine once it failed maxReimageFailures times in a row.
+func (r *Reconciler) reimaged(ctx context.Context, op store.Operation, err error) {
+	labels, lerr := r.labels(ctx, op)
+	if lerr != nil {
+		r.log.Error("operation outcome", "pool", op.Pool, "operation_id", op.ID, "err", lerr)
+		return
+	}
+	var ts []store.Transition
+	r.mu.Lock()
+	for _, l := range labels {
+		t := store.Transition{Label: l, From: store.Reimaging, To: store.Provisioning, Cause: "reimaged"}
+		if err == nil {
+			delete(r.reimageFailures, l)
+		} else {
+			r.reimageFailures[l]++
+			t.To, t.Cause = store.Dirty, "reimage failed: "+err.Error()
+			if n := r.reimageFailures[l]; n >= maxReimageFailures {
+				reason := fmt.Sprintf("reimage failed %d times in a row: %v", n, err)
+				t.To, t.Cause, t.QuarantineReason = store.Quarantined, reason, &reason
+				delete(r.reimageFailures, l)
+			}
+		}
+		ts = append(ts, t)
+	}
+	r.mu.Unlock()
+	if err := r.move(ctx, op.Pool, ts); err != nil {
+		r.log.Error("operation outcome", "pool", op.Pool, "operation_id", op.ID, "err", err)
 	}
 }
 
@@ -273,8 +328,22 @@ func (r *Reconciler) resume(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read journal: %w", err)
 	}
+	known := map[string]string{} // pool → provider, as last configured
+	if r.o.Orphans {
+		pools, err := r.o.Store.ListPools(ctx)
+		if err != nil {
+			return fmt.Errorf("read pools: %w", err)
+		}
+		for _, p := range pools {
+			known[p.Name] = p.Provider
+		}
+	}
 	for _, op := range ops {
-		if _, mine := r.pools[op.Pool]; !mine && !r.o.Orphans {
+		_, mine := r.pools[op.Pool]
+		if prov, ok := known[op.Pool]; !mine && r.o.Orphans && (!ok || prov == r.ProviderName()) {
+			mine = true // a pool no longer configured that was ours, or no one's
+		}
+		if !mine {
 			continue
 		}
 		log := r.log.With("pool", op.Pool, "operation_id", op.ID, "kind", op.Kind, "instance_ids", op.InstanceIDs)
@@ -309,7 +378,7 @@ func (r *Reconciler) abandon(ctx context.Context, op store.Operation, msg string
 func (r *Reconciler) acquire() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.active >= r.o.MaxConcurrentOps {
+	if r.active >= r.o.MaxConcurrentOps || time.Now().Before(r.throttledUntil) {
 		return false
 	}
 	r.active++

@@ -45,6 +45,9 @@ type Options struct {
 	// WaitForAgent keeps new machines provisioning until their agent answers.
 	WaitForAgent bool
 	Agent        AgentChecker
+	// ProvisionTimeout replaces an instance whose agent has not answered this
+	// long after it appeared or was reimaged (timeouts.vm_state); 0 = never.
+	ProvisionTimeout time.Duration
 	// ReimageWindow batches reimages: a batch goes once its oldest dirty
 	// machine has waited this long.
 	ReimageWindow time.Duration
@@ -77,14 +80,15 @@ type Reconciler struct {
 
 	passes, failed, skipped, lastPassNanos atomic.Int64
 
-	mu             sync.Mutex
-	active         int              // operations in flight
-	inflight       map[string]int64 // "pool/instanceID" or "pool/" (group op) → operation id
-	throttledUntil time.Time
-	throttleReason string
-	views          map[string]View
-	nextWake       time.Time
-	base           context.Context
+	mu              sync.Mutex
+	active          int              // operations in flight
+	reimageFailures map[string]int   // label → consecutive failed reimages
+	inflight        map[string]int64 // "pool/instanceID" or "pool/" (group op) → operation id
+	throttledUntil  time.Time
+	throttleReason  string
+	views           map[string]View
+	nextWake        time.Time
+	base            context.Context
 }
 
 // View is the last good read of one pool.
@@ -109,14 +113,15 @@ func New(o Options) *Reconciler {
 		o.OpTimeout = 300 * time.Second
 	}
 	r := &Reconciler{
-		o:         o,
-		log:       o.Logger,
-		pools:     map[string]config.Pool{},
-		wake:      make(chan struct{}, 1),
-		firstPass: make(chan struct{}),
-		inflight:  map[string]int64{},
-		views:     map[string]View{},
-		base:      context.Background(),
+		o:               o,
+		log:             o.Logger,
+		pools:           map[string]config.Pool{},
+		wake:            make(chan struct{}, 1),
+		firstPass:       make(chan struct{}),
+		inflight:        map[string]int64{},
+		reimageFailures: map[string]int{},
+		views:           map[string]View{},
+		base:            context.Background(),
 	}
 	for _, p := range o.Pools {
 		r.pools[p.Name] = p
@@ -140,8 +145,19 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	r.base = ctx
 	r.mu.Unlock()
 	defer r.opsWG.Wait()
-	if err := r.Start(ctx); err != nil {
-		return err
+	// A database that is down at start is waited for, not given up on: the
+	// daemon keeps serving and /readyz says why it is not ready.
+	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
+		err := r.Start(ctx)
+		if err == nil {
+			break
+		}
+		r.log.Error("reconciler start; retrying", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
 	}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -154,8 +170,6 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		}
 		if err := r.Pass(ctx); err != nil && ctx.Err() == nil {
 			r.log.Error("reconcile pass", "err", err)
-		} else if err == nil {
-			r.firstOnce.Do(func() { close(r.firstPass) })
 		}
 		next := r.o.Interval
 		r.mu.Lock()
@@ -259,19 +273,39 @@ func (r *Reconciler) Pools() []config.Pool { return r.o.Pools }
 func (r *Reconciler) Pass(ctx context.Context) error {
 	r.passMu.Lock()
 	defer r.passMu.Unlock()
-	if t, _ := r.Throttled(); t {
+	if r.skipThrottled() {
 		r.passes.Add(1)
 		r.skipped.Add(1)
 		return nil
 	}
+	// Bounded: a hung database or provider connection must not hold passMu.
+	ctx, cancel := context.WithTimeout(ctx, r.o.OpTimeout)
+	defer cancel()
 	start := time.Now()
 	err := r.pass(ctx)
 	r.passes.Add(1)
 	r.lastPassNanos.Store(int64(time.Since(start)))
-	if err != nil {
+	switch {
+	case err != nil:
 		r.failed.Add(1)
+	case !r.skipThrottled():
+		// Ready means the provider was read, not merely asked and refused.
+		r.firstOnce.Do(func() { close(r.firstPass) })
 	}
 	return err
+}
+
+// skipThrottled reports whether the provider asked us to wait, and if so
+// makes sure a pass runs when the window ends.
+func (r *Reconciler) skipThrottled() bool {
+	r.mu.Lock()
+	until := r.throttledUntil
+	r.mu.Unlock()
+	if time.Now().Before(until) {
+		r.wakeAt(until)
+		return true
+	}
+	return false
 }
 
 // PassStats counts passes, for /metrics.
@@ -300,6 +334,9 @@ func (r *Reconciler) pass(ctx context.Context) error {
 	}
 	var errs []error
 	for _, p := range r.o.Pools {
+		if t, _ := r.Throttled(); t {
+			return nil // a call in this pass was throttled: stop calling
+		}
 		var gp *provider.Group
 		if g, ok := byName[p.Name]; ok {
 			gp = &g
@@ -320,7 +357,43 @@ func (r *Reconciler) pass(ctx context.Context) error {
 			return r.o.Provider.DeleteGroup(ctx, g.Name)
 		})
 	}
+	if err := r.retirePools(ctx, byName); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// retirePools marks gone the machines of pools this provider once served but
+// no longer configures, once their group is gone too: the scheduler must not
+// lease a machine nothing manages.
+func (r *Reconciler) retirePools(ctx context.Context, groups map[string]provider.Group) error {
+	pools, err := r.o.Store.ListPools(ctx)
+	if err != nil {
+		return fmt.Errorf("list pools: %w", err)
+	}
+	for _, p := range pools {
+		if _, configured := r.pools[p.Name]; configured || p.Provider != r.ProviderName() {
+			continue
+		}
+		if _, exists := groups[p.Name]; exists || r.groupBusy(p.Name) {
+			continue
+		}
+		ms, err := r.o.Store.ListMachines(ctx, store.MachineFilter{Pool: p.Name})
+		if err != nil {
+			return fmt.Errorf("pool %s: list machines: %w", p.Name, err)
+		}
+		var ts []store.Transition
+		for _, m := range ms {
+			if m.State != store.Gone {
+				ts = append(ts, store.Transition{Label: m.Label, From: m.State, Version: m.Version, To: store.Gone,
+					Cause: "pool no longer configured and its group is gone"})
+			}
+		}
+		if err := r.move(ctx, p.Name, ts); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // reconcilePool handles one pool: its group, then each machine.
@@ -347,10 +420,10 @@ func (r *Reconciler) reconcilePool(ctx context.Context, p config.Pool, g *provid
 	var insts []provider.Instance
 	if g != nil {
 		var err error
+		// ErrNotFound here is a read that disagrees with the group list just
+		// made; it is an error, not "no instances" (which would mark every
+		// machine gone).
 		insts, err = r.o.Provider.ListInstances(ctx, p.Name)
-		if errors.Is(err, provider.ErrNotFound) {
-			insts, err = nil, nil
-		}
 		if err != nil {
 			return fmt.Errorf("list instances: %w", err)
 		}
@@ -406,22 +479,25 @@ func (r *Reconciler) plan(p config.Pool, insts []provider.Instance, machines []s
 	}
 	out := make([]pair, 0, len(insts)+4)
 	matched := make(map[string]bool, len(insts))
+	now := time.Now()
 	for i := range insts {
 		in := &insts[i]
 		m := byLabel[in.Name]
 		matched[in.Name] = true
-		state := none
+		state, overdue := none, false
 		if m != nil {
 			state = m.State
+			overdue = p.Provider != "static" && r.o.ProvisionTimeout > 0 &&
+				m.State == store.Provisioning && now.Sub(m.StateChangedOn) > r.o.ProvisionTimeout
 		}
-		out = append(out, pair{inst: in, machine: m, action: decide(seen(in.State), state, r.busy(p.Name, in.ID))})
+		out = append(out, pair{inst: in, machine: m, action: decide(seen(in.State), state, r.busy(p.Name, in.ID), overdue)})
 	}
 	for i := range machines {
 		m := &machines[i]
 		if matched[m.Label] || m.State == store.Gone {
 			continue
 		}
-		out = append(out, pair{machine: m, action: decide(SeenAbsent, m.State, r.busy(p.Name, m.InstanceID))})
+		out = append(out, pair{machine: m, action: decide(SeenAbsent, m.State, r.busy(p.Name, m.InstanceID), false)})
 	}
 	return out
 }
@@ -452,7 +528,7 @@ func (r *Reconciler) apply(ctx context.Context, p config.Pool, plan []pair) erro
 			register = append(register, r.newMachine(p, x.inst))
 		case Revive:
 			moves = append(moves, store.Transition{Label: x.machine.Label, From: store.Gone, Version: x.machine.Version,
-				To: store.Provisioning, Cause: "instance reappeared in the provider", IP: &x.inst.IP})
+				To: store.Dirty, Cause: "instance reappeared in the provider; reimaging before use", IP: &x.inst.IP})
 		case Probe:
 			probe = append(probe, x)
 		case Unready:
@@ -475,20 +551,8 @@ func (r *Reconciler) apply(ctx context.Context, p config.Pool, plan []pair) erro
 			del = append(del, x)
 		}
 	}
-	if len(register) > 0 {
-		if _, err := r.o.Store.InsertMachines(ctx, register, "instance found in the provider"); err != nil {
-			if !errors.Is(err, store.ErrConflict) {
-				return fmt.Errorf("register %d machines: %w", len(register), err)
-			}
-			r.Trigger() // another actor registered some; look again
-		} else {
-			for _, m := range register {
-				r.log.Info("machine registered", "pool", p.Name, "label", m.Label, "instance_id", m.InstanceID, "ip", m.IP, "state", m.State)
-			}
-			if r.o.WaitForAgent {
-				r.wakeAt(time.Now().Add(time.Second)) // probe them soon
-			}
-		}
+	if err := r.register(ctx, p, register); err != nil {
+		return err
 	}
 	if len(probe) > 0 {
 		moves = append(moves, r.probe(ctx, probe)...)
@@ -498,6 +562,43 @@ func (r *Reconciler) apply(ctx context.Context, p config.Pool, plan []pair) erro
 	}
 	r.reimage(ctx, p, reimage)
 	r.deleteInstances(ctx, p, del)
+	return nil
+}
+
+// register inserts new machines in one transaction. If a label exists
+// already — another node registered it, or another pool holds that label —
+// it falls back to one insert a machine, so one conflict does not block the
+// rest, and names the conflict.
+func (r *Reconciler) register(ctx context.Context, p config.Pool, ms []store.Machine) error {
+	if len(ms) == 0 {
+		return nil
+	}
+	const cause = "instance found in the provider"
+	_, err := r.o.Store.InsertMachines(ctx, ms, cause)
+	if errors.Is(err, store.ErrConflict) {
+		var added []store.Machine
+		for _, m := range ms {
+			_, err := r.o.Store.InsertMachines(ctx, []store.Machine{m}, cause)
+			switch {
+			case errors.Is(err, store.ErrConflict):
+				r.log.Warn("label already in use; not registering", "pool", p.Name, "label", m.Label, "instance_id", m.InstanceID)
+			case err != nil:
+				return fmt.Errorf("register %s: %w", m.Label, err)
+			default:
+				added = append(added, m)
+			}
+		}
+		ms, err = added, nil
+	}
+	if err != nil {
+		return fmt.Errorf("register %d machines: %w", len(ms), err)
+	}
+	for _, m := range ms {
+		r.log.Info("machine registered", "pool", p.Name, "label", m.Label, "instance_id", m.InstanceID, "ip", m.IP, "state", m.State)
+	}
+	if len(ms) > 0 && r.o.WaitForAgent {
+		r.wakeAt(time.Now().Add(time.Second)) // probe them soon
+	}
 	return nil
 }
 
@@ -524,7 +625,7 @@ func (r *Reconciler) move(ctx context.Context, pool string, ts []store.Transitio
 
 func (r *Reconciler) newMachine(p config.Pool, in *provider.Instance) store.Machine {
 	state := store.Provisioning
-	if !r.o.WaitForAgent && in.State == provider.InstanceRunning {
+	if !r.o.WaitForAgent && in.State == provider.InstanceRunning && in.IP != "" {
 		state = store.Ready
 	}
 	arch, platform := p.Arch, p.Platform
@@ -573,8 +674,8 @@ func (r *Reconciler) probe(ctx context.Context, ps []pair) []store.Transition {
 		}
 		wg.Wait()
 	} else {
-		for i := range alive {
-			alive[i] = true
+		for i, x := range ps {
+			alive[i] = x.inst.IP != ""
 		}
 	}
 	var ts []store.Transition
@@ -604,14 +705,25 @@ func (r *Reconciler) reimage(ctx context.Context, p config.Pool, dirty []*store.
 		r.wakeAt(due)
 		return
 	}
-	ids := make([]string, len(dirty))
-	pre := make([]store.Transition, len(dirty))
-	for i, m := range dirty {
-		ids[i] = m.InstanceID
-		pre[i] = store.Transition{Label: m.Label, From: store.Dirty, Version: m.Version, To: store.Reimaging, Cause: "reimage batch"}
+	batches := [][]*store.Machine{dirty}
+	if p.Provider == "static" {
+		// Each static machine resets on its own: one failing reset_command
+		// must not hold back the others.
+		batches = batches[:0]
+		for _, m := range dirty {
+			batches = append(batches, []*store.Machine{m})
+		}
 	}
-	r.startInstanceOp(ctx, p.Name, store.OpReimage, ids, pre,
-		func(ctx context.Context) (provider.Op, error) { return r.o.Provider.Reimage(ctx, p.Name, ids) })
+	for _, batch := range batches {
+		ids := make([]string, len(batch))
+		pre := make([]store.Transition, len(batch))
+		for i, m := range batch {
+			ids[i] = m.InstanceID
+			pre[i] = store.Transition{Label: m.Label, From: store.Dirty, Version: m.Version, To: store.Reimaging, Cause: "reimage batch"}
+		}
+		r.startInstanceOp(ctx, p.Name, store.OpReimage, ids, pre,
+			func(ctx context.Context) (provider.Op, error) { return r.o.Provider.Reimage(ctx, p.Name, ids) })
+	}
 }
 
 // deleteInstances deletes instances whose provisioning failed or whose delete
@@ -672,6 +784,15 @@ func (r *Reconciler) capacity(ctx context.Context, p config.Pool, g *provider.Gr
 			return r.o.Provider.SetCapacity(ctx, p.Name, want, fresh.ETag)
 		}, withCapacity(want))
 	case p.MaxSize > 0 && g.Capacity > p.MaxSize:
+		for _, x := range plan {
+			if x.action == DeleteInst || (x.machine != nil && x.machine.State == store.Deleting) ||
+				(x.inst != nil && (x.inst.State == provider.InstanceFailed || x.inst.State == provider.InstanceDeleting ||
+					r.busy(p.Name, x.inst.ID))) {
+				// Deletes under way will change the count the capacity
+				// shows; scale in only once they have landed.
+				return
+			}
+		}
 		excess := g.Capacity - p.MaxSize
 		var idle []*store.Machine
 		for _, x := range plan {

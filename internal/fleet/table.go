@@ -13,7 +13,8 @@ const (
 	SeenAbsent   Seen = "absent"   // not in the list
 	SeenCreating Seen = "creating" // being created
 	SeenRunning  Seen = "running"  // provisioned and running
-	SeenBusy     Seen = "busy"     // an operation is in progress on it (update, reimage, delete)
+	SeenBusy     Seen = "busy"     // an operation is in progress on it (update, reimage)
+	SeenDeleting Seen = "deleting" // being deleted: as good as absent, but not gone yet
 	SeenFailed   Seen = "failed"   // provisioning failed: delete it
 	SeenStopped  Seen = "stopped"  // deallocated, stopped or evicted
 )
@@ -29,6 +30,8 @@ func seen(s provider.InstanceState) Seen {
 		return SeenFailed
 	case provider.InstanceStopped:
 		return SeenStopped
+	case provider.InstanceDeleting:
+		return SeenDeleting
 	default:
 		return SeenBusy
 	}
@@ -80,7 +83,9 @@ var table = map[cell]Action{
 	{SeenStopped, none}:  Register,
 	{SeenFailed, none}:   DeleteInst,
 
-	// An instance we had marked gone came back (same label).
+	// An instance we had marked gone came back (same label): after a bad read,
+	// or a static machine put back in the configuration. What it did meanwhile
+	// is unknown, so it is reimaged before use.
 	{SeenCreating, store.Gone}: Revive,
 	{SeenRunning, store.Gone}:  Revive,
 	{SeenBusy, store.Gone}:     Revive,
@@ -89,6 +94,14 @@ var table = map[cell]Action{
 
 	{SeenRunning, store.Provisioning}: Probe,
 	{SeenFailed, store.Provisioning}:  DeleteInst,
+
+	// Someone else is deleting it: as good as gone, unless it is our delete.
+	{SeenDeleting, store.Provisioning}: MarkGone,
+	{SeenDeleting, store.Ready}:        MarkGone,
+	{SeenDeleting, store.Leased}:       MarkGone,
+	{SeenDeleting, store.Dirty}:        MarkGone,
+	{SeenDeleting, store.Reimaging}:    MarkGone,
+	{SeenDeleting, store.Quarantined}:  MarkGone,
 
 	{SeenRunning, store.Ready}:  Refresh,
 	{SeenCreating, store.Ready}: Unready,
@@ -118,9 +131,14 @@ var table = map[cell]Action{
 
 // decide returns the action for one pair. inFlight says an operation this
 // process is waiting on owns the instance: it will move the machine itself.
-func decide(s Seen, state store.MachineState, inFlight bool) Action {
+// overdue says a provisioning machine has waited longer than its deadline for
+// its agent: the instance is replaced.
+func decide(s Seen, state store.MachineState, inFlight, overdue bool) Action {
 	if inFlight && s != SeenAbsent {
 		return Keep
+	}
+	if overdue && state == store.Provisioning && s != SeenAbsent && s != SeenDeleting {
+		return DeleteInst
 	}
 	if inFlight && s == SeenAbsent && (state == store.Deleting || state == store.Reimaging) {
 		// A delete in flight makes the instance vanish before the operation

@@ -2,8 +2,11 @@ package azemu
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -32,11 +35,7 @@ func TestScaleSetCreateListAndAgents(t *testing.T) {
 	if len(vms) != 3 {
 		t.Fatalf("after PUT: %d VMs, want 3", len(vms))
 	}
-	res, err := poller.PollUntilDone(ctx, fastPoll)
-	if err != nil {
-		t.Fatal(err)
-	}
-	set := res.VirtualMachineScaleSet
+	set := done(t, poller, nil).VirtualMachineScaleSet
 	if *set.SKU.Capacity != 3 || *set.Properties.ProvisioningState != "Succeeded" || set.Etag == nil || *set.Tags["AUTO_SCALE_CAPE"] != "True" {
 		t.Fatalf("created set: capacity %d state %s etag %v tags %v", *set.SKU.Capacity, *set.Properties.ProvisioningState, set.Etag, set.Tags)
 	}
@@ -113,16 +112,8 @@ func TestCapacityETagReimageDelete(t *testing.T) {
 	etag0 := *set.Etag
 
 	// Scale out with the current ETag.
-	p, err := c.sets.BeginUpdate(ctx, testRG, "pool", armcompute.VirtualMachineScaleSetUpdate{
-		SKU: &armcompute.SKU{Capacity: to.Ptr[int64](5)},
-	}, &armcompute.VirtualMachineScaleSetsClientBeginUpdateOptions{IfMatch: &etag0})
-	if err != nil {
-		t.Fatal(err)
-	}
-	upd, err := p.PollUntilDone(ctx, fastPoll)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, err := c.sets.BeginUpdate(ctx, testRG, "pool", withCapacity(5), &armcompute.VirtualMachineScaleSetsClientBeginUpdateOptions{IfMatch: &etag0})
+	upd := done(t, p, err)
 	if *upd.SKU.Capacity != 5 || *upd.Etag == etag0 {
 		t.Fatalf("after scale-out: capacity %d etag %s (was %s)", *upd.SKU.Capacity, *upd.Etag, etag0)
 	}
@@ -131,9 +122,7 @@ func TestCapacityETagReimageDelete(t *testing.T) {
 	}
 
 	// A stale ETag is refused.
-	_, err = c.sets.BeginUpdate(ctx, testRG, "pool", armcompute.VirtualMachineScaleSetUpdate{
-		SKU: &armcompute.SKU{Capacity: to.Ptr[int64](1)},
-	}, &armcompute.VirtualMachineScaleSetsClientBeginUpdateOptions{IfMatch: &etag0})
+	_, err = c.sets.BeginUpdate(ctx, testRG, "pool", withCapacity(1), &armcompute.VirtualMachineScaleSetsClientBeginUpdateOptions{IfMatch: &etag0})
 	respErr(t, err, http.StatusPreconditionFailed, "PreconditionFailed")
 	// If-None-Match: * refuses to overwrite an existing set.
 	_, err = c.sets.BeginCreateOrUpdate(ctx, testRG, "pool", scaleSetBody(3),
@@ -150,9 +139,7 @@ func TestCapacityETagReimageDelete(t *testing.T) {
 	// Reimage keeps instance ids and IPs; VMs are Updating and agents down
 	// meanwhile.
 	before := ipsByID(t, c, "pool")
-	if _, err := e.SetFaults([]byte(`{"lro_delay_ms": 1500}`)); err != nil {
-		t.Fatal(err)
-	}
+	setFaults(t, e, `{"lro_delay_ms": 1500}`)
 	rp, err := c.sets.BeginReimage(ctx, testRG, "pool", &armcompute.VirtualMachineScaleSetsClientBeginReimageOptions{
 		VMScaleSetReimageInput: &armcompute.VirtualMachineScaleSetReimageParameters{InstanceIDs: []*string{to.Ptr("1"), to.Ptr("3")}},
 	})
@@ -169,12 +156,8 @@ func TestCapacityETagReimageDelete(t *testing.T) {
 	if !agentRefused(before["1"], opts.AgentPort) {
 		t.Fatal("agent of a reimaging VM still listens")
 	}
-	if _, err := rp.PollUntilDone(ctx, fastPoll); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.SetFaults([]byte(`{"clear": true}`)); err != nil {
-		t.Fatal(err)
-	}
+	done(t, rp, nil)
+	setFaults(t, e, `{"clear": true}`)
 	if after := ipsByID(t, c, "pool"); !mapsEqual(before, after) {
 		t.Fatalf("reimage changed IPs: %v -> %v", before, after)
 	}
@@ -191,12 +174,7 @@ func TestCapacityETagReimageDelete(t *testing.T) {
 	dp, err := c.sets.BeginDeleteInstances(ctx, testRG, "pool",
 		armcompute.VirtualMachineScaleSetVMInstanceRequiredIDs{InstanceIDs: []*string{to.Ptr("0")}},
 		&armcompute.VirtualMachineScaleSetsClientBeginDeleteInstancesOptions{ForceDeletion: to.Ptr(true)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := dp.PollUntilDone(ctx, fastPoll); err != nil {
-		t.Fatal(err)
-	}
+	done(t, dp, err)
 	if got := ids(listVMs(t, c, "pool")); !slices.Equal(got, []string{"1", "2", "3", "4"}) {
 		t.Fatalf("ids after deleting 0: %v", got)
 	}
@@ -210,13 +188,8 @@ func TestCapacityETagReimageDelete(t *testing.T) {
 
 	// Scale-in removes the newest; scale-out never reuses an id.
 	for _, n := range []int64{2, 3} {
-		p, err := c.sets.BeginUpdate(ctx, testRG, "pool", armcompute.VirtualMachineScaleSetUpdate{SKU: &armcompute.SKU{Capacity: to.Ptr(n)}}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := p.PollUntilDone(ctx, fastPoll); err != nil {
-			t.Fatal(err)
-		}
+		p, err := c.sets.BeginUpdate(ctx, testRG, "pool", withCapacity(n), nil)
+		done(t, p, err)
 	}
 	if got := ids(listVMs(t, c, "pool")); !slices.Equal(got, []string{"1", "2", "5"}) {
 		t.Fatalf("ids after scale to 2 and 3: %v", got)
@@ -224,19 +197,9 @@ func TestCapacityETagReimageDelete(t *testing.T) {
 
 	// Per-VM reimage and delete.
 	vp, err := c.vms.BeginReimage(ctx, testRG, "pool", "2", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := vp.PollUntilDone(ctx, fastPoll); err != nil {
-		t.Fatal(err)
-	}
+	done(t, vp, err)
 	vd, err := c.vms.BeginDelete(ctx, testRG, "pool", "5", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := vd.PollUntilDone(ctx, fastPoll); err != nil {
-		t.Fatal(err)
-	}
+	done(t, vd, err)
 	one, err := c.vms.Get(ctx, testRG, "pool", "2", &armcompute.VirtualMachineScaleSetVMsClientGetOptions{Expand: to.Ptr(armcompute.InstanceViewTypesInstanceView)})
 	if err != nil {
 		t.Fatal(err)
@@ -256,12 +219,7 @@ func TestCapacityETagReimageDelete(t *testing.T) {
 
 	// Delete the set.
 	sd, err := c.sets.BeginDelete(ctx, testRG, "pool", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sd.PollUntilDone(ctx, fastPoll); err != nil {
-		t.Fatal(err)
-	}
+	done(t, sd, err)
 	_, err = c.sets.Get(ctx, testRG, "pool", nil)
 	respErr(t, err, http.StatusNotFound, "ResourceNotFound")
 	_, _, err = listVMsPages(ctx, c, "pool")
@@ -322,40 +280,17 @@ func TestResumeTokenAcrossRestart(t *testing.T) {
 
 	// Resume in the same process first.
 	p, err := c1.sets.BeginCreateOrUpdate(ctx, testRG, "resume", scaleSetBody(2), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := p.ResumeToken()
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := resumeToken(t, p, err)
 	p2, err := c1.sets.BeginCreateOrUpdate(ctx, testRG, "resume", armcompute.VirtualMachineScaleSet{},
 		&armcompute.VirtualMachineScaleSetsClientBeginCreateOrUpdateOptions{ResumeToken: tok})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p2.PollUntilDone(ctx, fastPoll); err != nil {
-		t.Fatal(err)
-	}
+	done(t, p2, err)
 
 	// Begin a reimage and a scale-out, keep their tokens, restart the
 	// emulator in the middle.
 	rp, err := c1.sets.BeginReimageAll(ctx, testRG, "resume", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reimageTok, err := rp.ResumeToken()
-	if err != nil {
-		t.Fatal(err)
-	}
-	up, err := c1.sets.BeginUpdate(ctx, testRG, "resume", armcompute.VirtualMachineScaleSetUpdate{SKU: &armcompute.SKU{Capacity: to.Ptr[int64](3)}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	updateTok, err := up.ResumeToken()
-	if err != nil {
-		t.Fatal(err)
-	}
+	reimageTok := resumeToken(t, rp, err)
+	up, err := c1.sets.BeginUpdate(ctx, testRG, "resume", withCapacity(3), nil)
+	updateTok := resumeToken(t, up, err)
 	if err := e1.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -367,21 +302,10 @@ func TestResumeTokenAcrossRestart(t *testing.T) {
 	c2 := newClients(t, e2)
 	rp2, err := c2.sets.BeginReimageAll(ctx, testRG, "resume",
 		&armcompute.VirtualMachineScaleSetsClientBeginReimageAllOptions{ResumeToken: reimageTok})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rp2.PollUntilDone(ctx, fastPoll); err != nil {
-		t.Fatal(err)
-	}
+	done(t, rp2, err)
 	up2, err := c2.sets.BeginUpdate(ctx, testRG, "resume", armcompute.VirtualMachineScaleSetUpdate{},
 		&armcompute.VirtualMachineScaleSetsClientBeginUpdateOptions{ResumeToken: updateTok})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := up2.PollUntilDone(ctx, fastPoll)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := done(t, up2, err)
 	if *res.SKU.Capacity != 3 || *res.Properties.ProvisioningState != "Succeeded" {
 		t.Fatalf("resumed update: capacity %d state %s", *res.SKU.Capacity, *res.Properties.ProvisioningState)
 	}
@@ -398,13 +322,7 @@ func TestResumeTokenAcrossRestart(t *testing.T) {
 	// An operation that ended while the emulator was down reports its end.
 	dp, err := c2.sets.BeginDeleteInstances(ctx, testRG, "resume",
 		armcompute.VirtualMachineScaleSetVMInstanceRequiredIDs{InstanceIDs: []*string{to.Ptr("2")}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	delTok, err := dp.ResumeToken()
-	if err != nil {
-		t.Fatal(err)
-	}
+	delTok := resumeToken(t, dp, err)
 	if err := e2.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -443,10 +361,7 @@ func TestUnknownOperationIs404(t *testing.T) {
 		`/subscriptions/` + testSub + `/providers/Microsoft.Compute/locations/westeurope/operations/nope?api-version=2026-04-01","locURL":"","origURL":"` +
 		e.URL() + `/x","method":"DELETE","finalState":"","state":"InProgress"}}`
 	p, err := c.sets.BeginDelete(ctxT(t), testRG, "x", &armcompute.VirtualMachineScaleSetsClientBeginDeleteOptions{ResumeToken: tok})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = p.PollUntilDone(ctxT(t), fastPoll)
+	_, err = finish(t, p, err)
 	respErr(t, err, http.StatusNotFound, "ResourceNotFound")
 }
 
@@ -502,14 +417,9 @@ func TestPreemptionAndFailedProvisioning(t *testing.T) {
 	ctx := ctxT(t)
 	set := createSet(t, c, "flaky", 1)
 
-	if _, err := e.SetFaults([]byte(`{"operation_preempted": 1}`)); err != nil {
-		t.Fatal(err)
-	}
-	p, err := c.sets.BeginUpdate(ctx, testRG, "flaky", armcompute.VirtualMachineScaleSetUpdate{SKU: &armcompute.SKU{Capacity: to.Ptr[int64](2)}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = p.PollUntilDone(ctx, fastPoll)
+	setFaults(t, e, `{"operation_preempted": 1}`)
+	p, err := c.sets.BeginUpdate(ctx, testRG, "flaky", withCapacity(2), nil)
+	_, err = finish(t, p, err)
 	respErr(t, err, http.StatusOK, "OperationPreempted")
 	got, err := c.sets.Get(ctx, testRG, "flaky", nil)
 	if err != nil {
@@ -519,14 +429,9 @@ func TestPreemptionAndFailedProvisioning(t *testing.T) {
 		t.Fatalf("a preempted update changed the set: capacity %d etag %s", *got.SKU.Capacity, *got.Etag)
 	}
 
-	if _, err := e.SetFaults([]byte(`{"fail_provisioning": 1}`)); err != nil {
-		t.Fatal(err)
-	}
-	p, err = c.sets.BeginUpdate(ctx, testRG, "flaky", armcompute.VirtualMachineScaleSetUpdate{SKU: &armcompute.SKU{Capacity: to.Ptr[int64](3)}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = p.PollUntilDone(ctx, fastPoll)
+	setFaults(t, e, `{"fail_provisioning": 1}`)
+	p, err = c.sets.BeginUpdate(ctx, testRG, "flaky", withCapacity(3), nil)
+	_, err = finish(t, p, err)
 	respErr(t, err, http.StatusOK, "OSProvisioningTimedOut")
 	states := map[string]string{}
 	for _, v := range listVMs(t, c, "flaky") {
@@ -542,12 +447,7 @@ func TestPreemptionAndFailedProvisioning(t *testing.T) {
 	}
 	// Reimage repairs it.
 	rp, err := c.vms.BeginReimage(ctx, testRG, "flaky", "1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rp.PollUntilDone(ctx, fastPoll); err != nil {
-		t.Fatal(err)
-	}
+	done(t, rp, err)
 	if _, err := agentGet(ips["1"], opts.AgentPort, "/", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -627,12 +527,7 @@ func TestAdminEndpoints(t *testing.T) {
 
 	// Same name in two resource groups: the admin API wants to be told which.
 	p, err := c.sets.BeginCreateOrUpdate(ctx, "other-rg", "adm", scaleSetBody(0), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.PollUntilDone(ctx, fastPoll); err != nil {
-		t.Fatal(err)
-	}
+	done(t, p, err)
 	if st := c.adminDo(t, http.MethodPost, "/_emulator/scalesets/adm/vms", "", nil); st != http.StatusConflict {
 		t.Fatalf("ambiguous add: %d", st)
 	}
@@ -727,13 +622,8 @@ func TestStateSurvivesRestart(t *testing.T) {
 	if _, err := agentGet(ips1["0"], opts.AgentPort, "/", 300*time.Millisecond); err == nil {
 		t.Fatal("the hung agent answers after a restart")
 	}
-	p, err := c2.sets.BeginUpdate(ctxT(t), testRG, "durable", armcompute.VirtualMachineScaleSetUpdate{SKU: &armcompute.SKU{Capacity: to.Ptr[int64](4)}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.PollUntilDone(ctxT(t), fastPoll); err != nil {
-		t.Fatal(err)
-	}
+	p, err := c2.sets.BeginUpdate(ctxT(t), testRG, "durable", withCapacity(4), nil)
+	done(t, p, err)
 	if got := ids(listVMs(t, c2, "durable")); !slices.Equal(got, []string{"0", "1", "2", "3"}) {
 		t.Fatalf("ids %v", got)
 	}
@@ -765,12 +655,7 @@ func TestAuthAndErrors(t *testing.T) {
 	respErr(t, err, http.StatusNotFound, "ResourceNotFound")
 	// Deleting what is absent is not an error.
 	p, err := c.sets.BeginDelete(ctx, testRG, "ghost", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.PollUntilDone(ctx, fastPoll); err != nil {
-		t.Fatal(err)
-	}
+	done(t, p, err)
 	body := scaleSetBody(1)
 	body.Location = nil
 	_, err = c.sets.BeginCreateOrUpdate(ctx, testRG, "noloc", body, nil)
@@ -819,9 +704,7 @@ func TestCatalog(t *testing.T) {
 	}
 
 	createSet(t, c, "quota", 3)
-	if _, err := e.SetFaults([]byte(`{"quota": {"cores": 10, "low_priority_cores": 4}}`)); err != nil {
-		t.Fatal(err)
-	}
+	setFaults(t, e, `{"quota": {"cores": 10, "low_priority_cores": 4}}`)
 	usage := map[string][2]int64{}
 	up := c.usage.NewListPager("westeurope", nil)
 	for up.More() {
@@ -873,12 +756,7 @@ func TestThousandVMs(t *testing.T) {
 		t.Fatalf("too slow: create %s, list %s", created, listed)
 	}
 	p, err := c.sets.BeginDelete(ctx, testRG, "big", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.PollUntilDone(ctx, fastPoll); err != nil {
-		t.Fatal(err)
-	}
+	done(t, p, err)
 }
 
 func TestPowerActionsAndInstanceView(t *testing.T) {
@@ -898,12 +776,7 @@ func TestPowerActionsAndInstanceView(t *testing.T) {
 		return out
 	}
 	off, err := c.vms.BeginPowerOff(ctx, testRG, "pwr", "0", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := off.PollUntilDone(ctx, fastPoll); err != nil {
-		t.Fatal(err)
-	}
+	done(t, off, err)
 	if p := power(); p["0"] != "stopped" || p["1"] != "running" {
 		t.Fatalf("after power off: %v", p)
 	}
@@ -911,12 +784,7 @@ func TestPowerActionsAndInstanceView(t *testing.T) {
 		t.Fatal("a stopped VM's agent listens")
 	}
 	start, err := c.sets.BeginStart(ctx, testRG, "pwr", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := start.PollUntilDone(ctx, fastPoll); err != nil {
-		t.Fatal(err)
-	}
+	done(t, start, err)
 	if p := power(); p["0"] != "running" || p["1"] != "running" {
 		t.Fatalf("after start: %v", p)
 	}
@@ -926,12 +794,7 @@ func TestPowerActionsAndInstanceView(t *testing.T) {
 	dealloc, err := c.sets.BeginDeallocate(ctx, testRG, "pwr", &armcompute.VirtualMachineScaleSetsClientBeginDeallocateOptions{
 		VMInstanceIDs: &armcompute.VirtualMachineScaleSetVMInstanceIDs{InstanceIDs: []*string{to.Ptr("1")}},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := dealloc.PollUntilDone(ctx, fastPoll); err != nil {
-		t.Fatal(err)
-	}
+	done(t, dealloc, err)
 	if p := power(); p["1"] != "deallocated" {
 		t.Fatalf("after deallocate: %v", p)
 	}
@@ -941,5 +804,53 @@ func TestPowerActionsAndInstanceView(t *testing.T) {
 	}
 	if s := iv.VirtualMachine.StatusesSummary; len(s) != 1 || *s[0].Code != "ProvisioningState/succeeded" || *s[0].Count != 2 {
 		t.Fatalf("statuses summary %+v", s)
+	}
+}
+
+// TestLoadsStateFile pins the format of state.json: a file written by an
+// earlier emulator, with an operation whose end passed while it was down,
+// loads and carries on.
+func TestLoadsStateFile(t *testing.T) {
+	opts := testOptions(t)
+	vm := func(id int, ip, state, power, op string) string {
+		return fmt.Sprintf(`"%d":{"id":%d,"vmId":"00000000-0000-4000-8000-00000000000%d","ip":%q,"provisioningState":%q,"power":%q,"op":%q,`+
+			`"modelGen":1,"image":{"id":"/x/images/win10"},"size":"Standard_D2s_v3","timeCreated":"2026-01-01T00:00:00Z"}`, id, id, id, ip, state, power, op)
+	}
+	file := `{"version":1,"ipBlock":"127.61.0.0/24","ipCursor":3,"listen":"192.0.2.1:8443",
+		"scaleSets":[{"subscription":"` + testSub + `","resourceGroup":"` + testRG + `","name":"old","location":"westeurope",
+		"tags":{"pool":"win10"},"sku":{"name":"Standard_D2s_v3","tier":"Standard"},"capacity":2,
+		"model":{"properties":{"virtualMachineProfile":{"osProfile":{"computerNamePrefix":"old"}}}},
+		"etag":3,"modelGen":1,"provisioningState":"Updating","stateOp":"op-1","nextInstanceId":2,
+		"uniqueId":"00000000-0000-4000-8000-0000000000aa","timeCreated":"2026-01-01T00:00:00Z",
+		"vms":{` + vm(0, "127.61.0.1", "Succeeded", "running", "") + `,` + vm(1, "127.61.0.2", "Creating", "starting", "op-1") + `}}],
+		"operations":[{"id":"op-1","kind":"patchScaleSet","subscription":"` + testSub + `","scaleSet":"` + setKey(testSub, testRG, "old") + `",
+		"location":"westeurope","start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:00:01Z"}]}`
+	if err := os.WriteFile(filepath.Join(opts.StateDir, stateFile), []byte(file), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := startEmulator(t, opts)
+	c := newClients(t, e)
+	if e.IPBlock() != "127.61.0.0/24" {
+		t.Fatalf("address block %s", e.IPBlock())
+	}
+	got, err := c.sets.Get(ctxT(t), testRG, "old", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *got.SKU.Capacity != 2 || *got.Etag != `"3"` || *got.Properties.ProvisioningState != "Succeeded" || *got.Tags["pool"] != "win10" {
+		t.Fatalf("loaded set: capacity %d etag %s state %s tags %v", *got.SKU.Capacity, *got.Etag, *got.Properties.ProvisioningState, got.Tags)
+	}
+	for _, v := range listVMs(t, c, "old") {
+		if _, prov, power := vmState(v); prov != "Succeeded" || power != "running" {
+			t.Fatalf("VM %s is %s/%s", *v.InstanceID, prov, power)
+		}
+	}
+	if ips := ipsByID(t, c, "old"); ips["0"] != "127.61.0.1" || ips["1"] != "127.61.0.2" {
+		t.Fatalf("IPs %v", ips)
+	}
+	p, err := c.sets.BeginUpdate(ctxT(t), testRG, "old", withCapacity(3), nil)
+	done(t, p, err)
+	if ips := ipsByID(t, c, "old"); ips["2"] != "127.61.0.3" {
+		t.Fatalf("the new VM is not the next instance at the next address: %v", ips)
 	}
 }

@@ -188,6 +188,53 @@ func scaleSetBody(capacity int64) armcompute.VirtualMachineScaleSet {
 	}
 }
 
+// finish waits for an operation to end, err being the error of its
+// beginning, and returns its result and the error it ended with.
+func finish[T any](t *testing.T, p *runtime.Poller[T], err error) (T, error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.PollUntilDone(ctxT(t), fastPoll)
+}
+
+// done is finish for an operation that must succeed.
+func done[T any](t *testing.T, p *runtime.Poller[T], err error) T {
+	t.Helper()
+	res, err := finish(t, p, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// setFaults applies a faults document.
+func setFaults(t *testing.T, e *Emulator, doc string) {
+	t.Helper()
+	if _, err := e.SetFaults([]byte(doc)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// resumeToken returns the resume token of an operation, err being the error
+// of its beginning.
+func resumeToken[T any](t *testing.T, p *runtime.Poller[T], err error) string {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := p.ResumeToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// withCapacity is an update of a scale set's capacity.
+func withCapacity(n int64) armcompute.VirtualMachineScaleSetUpdate {
+	return armcompute.VirtualMachineScaleSetUpdate{SKU: &armcompute.SKU{Capacity: to.Ptr(n)}}
+}
+
 // createSet creates a scale set and waits for it.
 func createSet(t *testing.T, c *clients, name string, capacity int64) armcompute.VirtualMachineScaleSet {
 	t.Helper()

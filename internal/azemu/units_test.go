@@ -185,18 +185,14 @@ func TestParseDurationRange(t *testing.T) {
 func TestErrorRateAndLatency(t *testing.T) {
 	e := startEmulator(t, testOptions(t))
 	c := newClients(t, e)
-	if _, err := e.SetFaults([]byte(`{"error_rate": 1, "latency_ms": 50}`)); err != nil {
-		t.Fatal(err)
-	}
+	setFaults(t, e, `{"error_rate": 1, "latency_ms": 50}`)
 	start := time.Now()
 	_, err := c.sets.Get(ctxT(t), testRG, "any", nil)
 	respErr(t, err, 500, "InternalServerError")
 	if time.Since(start) < 50*time.Millisecond {
 		t.Fatal("latency not applied")
 	}
-	if _, err := e.SetFaults([]byte(`{"error_rate": null}`)); err != nil {
-		t.Fatal(err)
-	}
+	setFaults(t, e, `{"error_rate": null}`)
 	_, err = c.sets.Get(ctxT(t), testRG, "any", nil)
 	respErr(t, err, 404, "ResourceNotFound")
 }

@@ -529,6 +529,7 @@ func (r *Reconciler) apply(ctx context.Context, p config.Pool, plan []pair) erro
 		case Revive:
 			moves = append(moves, store.Transition{Label: x.machine.Label, From: store.Gone, Version: x.machine.Version,
 				To: store.Dirty, Cause: "instance reappeared in the provider; reimaging before use", IP: &x.inst.IP})
+			r.wakeAt(time.Now().Add(r.o.ReimageWindow))
 		case Probe:
 			probe = append(probe, x)
 		case Unready:

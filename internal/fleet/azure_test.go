@@ -2,6 +2,7 @@ package fleet_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/sandfleet/sandfleet/internal/config"
 	"github.com/sandfleet/sandfleet/internal/fleet"
 	"github.com/sandfleet/sandfleet/internal/guest"
+	"github.com/sandfleet/sandfleet/internal/provider"
 	"github.com/sandfleet/sandfleet/internal/provider/azure"
 	"github.com/sandfleet/sandfleet/internal/store"
 )
@@ -41,6 +43,12 @@ func newCloud(tb testing.TB, lro time.Duration, size int) *cloud {
 // reconciler builds a reconciler as a fresh daemon process would: a new driver.
 func (c *cloud) reconciler(tb testing.TB, st store.Store) *fleet.Reconciler {
 	tb.Helper()
+	return c.reconcilerOn(st, c.driver(tb))
+}
+
+// driver returns a new Azure driver talking to the emulator.
+func (c *cloud) driver(tb testing.TB) *azure.Driver {
+	tb.Helper()
 	ac := config.Default().Azure
 	ac.SubscriptionID = "11111111-0000-4000-8000-000000000001"
 	ac.Endpoint = c.emu.URL()
@@ -50,10 +58,26 @@ func (c *cloud) reconciler(tb testing.TB, st store.Store) *fleet.Reconciler {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { drv.Close() })
-	return fleet.New(fleet.Options{Store: st, Provider: drv, Pools: []config.Pool{c.pool},
+	return drv
+}
+
+// reconcilerOn builds a reconciler of the cloud's pool on prov.
+func (c *cloud) reconcilerOn(st store.Store, prov provider.Provider) *fleet.Reconciler {
+	return fleet.New(fleet.Options{Store: st, Provider: prov, Pools: []config.Pool{c.pool},
 		Interval: 500 * time.Millisecond, OpTimeout: time.Minute, WaitForAgent: true,
 		Agent: guest.NewClient(c.emu.AgentPort(), 2*time.Second), MaxConcurrentOps: 4, AdoptExisting: true,
 		Orphans: true, Logger: testLogger()})
+}
+
+// readyCloud is a cloud whose pool of size machines a first reconciler has
+// registered and made ready, then stopped.
+func readyCloud(t *testing.T, st store.Store, size int) *cloud {
+	t.Helper()
+	c := newCloud(t, 0, size)
+	stop := run(c.reconciler(t, st))
+	defer stop()
+	waitFor(t, 30*time.Second, fmt.Sprintf("%d machines ready", size), func() bool { return countReady(t, st) == size })
+	return c
 }
 
 // run runs r until the returned stop is called; stop waits for it to end.
@@ -87,15 +111,12 @@ func (c *cloud) count(method, suffix string) int {
 // ready only after it.
 func TestReimageResumedAfterCrash(t *testing.T) {
 	st := openSQLite(t)
-	c := newCloud(t, 0, 2)
-	stop := run(c.reconciler(t, st))
-	waitFor(t, 30*time.Second, "2 machines ready", func() bool { return countReady(t, st) == 2 })
-	stop()
+	c := readyCloud(t, st, 2)
 
 	c.emu.SetFaults([]byte(`{"lro_delay_ms": 3000}`))
 	ctx := context.Background()
 	walk(t, st, "win10x64_0", store.Leased, store.Dirty)
-	stop = run(c.reconciler(t, st))
+	stop := run(c.reconciler(t, st))
 	waitFor(t, 10*time.Second, "reimage issued with its token stored", func() bool {
 		ops, _ := st.ListOperations(ctx, store.OperationFilter{Unfinished: true})
 		return len(ops) == 1 && ops[0].Kind == store.OpReimage && ops[0].State == store.OpRunning && ops[0].ResumeToken != ""
@@ -128,17 +149,14 @@ func TestReimageResumedAfterCrash(t *testing.T) {
 // again rather than handed out unreimaged.
 func TestReimageWithoutTokenIsRedone(t *testing.T) {
 	st := openSQLite(t)
-	c := newCloud(t, 0, 1)
-	stop := run(c.reconciler(t, st))
-	waitFor(t, 30*time.Second, "machine ready", func() bool { return countReady(t, st) == 1 })
-	stop()
+	c := readyCloud(t, st, 1)
 	ctx := context.Background()
 	if _, err := st.CreateOperation(ctx, store.Operation{Pool: "win10x64", Kind: store.OpReimage, InstanceIDs: []string{"0"},
 		Deadline: time.Now().Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
 	walk(t, st, "win10x64_0", store.Leased, store.Dirty, store.Reimaging)
-	stop = run(c.reconciler(t, st))
+	stop := run(c.reconciler(t, st))
 	defer stop()
 	waitFor(t, 20*time.Second, "machine ready again", func() bool { return machineState(t, st, "win10x64_0") == store.Ready })
 	if n := c.count("POST", "/virtualMachineScaleSets/win10x64/reimage"); n != 1 {

@@ -53,14 +53,7 @@ func machineState(t testing.TB, st store.Store, label string) store.MachineState
 func TestStaticDirtyMachineIsResetBeforeReuse(t *testing.T) {
 	st := openSQLite(t)
 	marker := filepath.Join(t.TempDir(), "resets")
-	pool := config.Pool{
-		Name: "lab", Provider: "static", Platform: "windows",
-		Machines: []config.StaticMachine{
-			{Label: "lab1", IP: "127.0.0.21", Arch: "x64", Tags: []string{"win10"}},
-			{Label: "lab2", IP: "127.0.0.22", Arch: "x64"},
-		},
-		ResetCommand: `echo "$SANDFLEET_MACHINE" >> ` + marker,
-	}
+	pool := labPool(`echo "$SANDFLEET_MACHINE" >> ` + marker)
 	r := fleet.New(fleet.Options{Store: st, Provider: static.New([]config.Pool{pool}), Pools: []config.Pool{pool},
 		Interval: time.Hour, OpTimeout: 10 * time.Second})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -120,5 +113,133 @@ func walk(t testing.TB, st store.Store, label string, states ...store.MachineSta
 		if m, err = st.TransitionMachine(ctx, store.Transition{Label: label, From: m.State, To: to, Cause: "test"}); err != nil {
 			t.Fatalf("%s → %s: %v", label, to, err)
 		}
+	}
+}
+
+// One machine whose reset_command fails does not hold back the others: static
+// machines reset one per operation, and the failing one is quarantined after
+// repeated failures.
+func TestFailedResetDoesNotStarveOthers(t *testing.T) {
+	st := openSQLite(t)
+	marker := filepath.Join(t.TempDir(), "resets")
+	pool := labPool(`[ "$SANDFLEET_MACHINE" != lab1 ] && echo "$SANDFLEET_MACHINE" >> ` + marker)
+	r := fleet.New(fleet.Options{Store: st, Provider: static.New([]config.Pool{pool}), Pools: []config.Pool{pool},
+		Interval: 200 * time.Millisecond, OpTimeout: 10 * time.Second, Logger: testLogger()})
+	stop := run(r)
+	defer stop()
+	ctx := context.Background()
+	waitFor(t, 10*time.Second, "both ready", func() bool {
+		return machineState(t, st, "lab1") == store.Ready && machineState(t, st, "lab2") == store.Ready
+	})
+	walk(t, st, "lab1", store.Leased, store.Dirty) // released first: oldest in a batch
+	walk(t, st, "lab2", store.Leased, store.Dirty)
+	r.Trigger()
+	waitFor(t, 10*time.Second, "lab2 reset and ready", func() bool { return machineState(t, st, "lab2") == store.Ready })
+	waitFor(t, 10*time.Second, "lab1 quarantined", func() bool { return machineState(t, st, "lab1") == store.Quarantined })
+	m, err := st.GetMachine(ctx, "lab1")
+	if err != nil || !strings.Contains(m.QuarantineReason, "failed 3 times") {
+		t.Fatalf("lab1 quarantine reason %q (%v), want it to say the reset failed 3 times", m.QuarantineReason, err)
+	}
+	out, _ := os.ReadFile(marker)
+	if n := strings.Count(string(out), "lab2"); n != 1 {
+		t.Fatalf("lab2 reset %d times, want 1", n)
+	}
+}
+
+// A label held by another pool's row (a static machine moved between pools)
+// is named in the log and skipped: the other new machines still register,
+// and the reconciler does not spin on the conflict.
+func TestLabelConflictNeitherSpinsNorBlocks(t *testing.T) {
+	st := openSQLite(t)
+	a := config.Pool{Name: "lab", Provider: "static", Platform: "windows",
+		Machines: []config.StaticMachine{{Label: "lab1", IP: "127.0.0.21", Arch: "x64"}}}
+	r := fleet.New(fleet.Options{Store: st, Provider: static.New([]config.Pool{a}), Pools: []config.Pool{a},
+		Interval: time.Hour, OpTimeout: 10 * time.Second, Logger: testLogger()})
+	stop := run(r)
+	waitFor(t, 10*time.Second, "lab1 ready", func() bool { return machineState(t, st, "lab1") == store.Ready })
+	stop()
+
+	// The operator moves lab1 into a new pool and adds lab3 to it.
+	b := config.Pool{Name: "lab-b", Provider: "static", Platform: "windows",
+		Machines: []config.StaticMachine{
+			{Label: "lab1", IP: "127.0.0.21", Arch: "x64"},
+			{Label: "lab3", IP: "127.0.0.23", Arch: "x64"},
+		}}
+	r = fleet.New(fleet.Options{Store: st, Provider: static.New([]config.Pool{b}), Pools: []config.Pool{b},
+		Interval: time.Hour, OpTimeout: 10 * time.Second, Logger: testLogger()})
+	before := st.Stats().RoundTrips
+	stop = run(r)
+	time.Sleep(2 * time.Second)
+	stop()
+	trips := st.Stats().RoundTrips - before
+	m, _ := st.GetMachine(context.Background(), "lab1")
+	if machineState(t, st, "lab3") == "" || trips > 200 {
+		t.Fatalf("lab3 registered: %v; %d database round trips in 2s with a 1h interval (spinning); lab1 still %s in unconfigured pool %q",
+			machineState(t, st, "lab3") != "", trips, m.State, m.Pool)
+	}
+}
+
+// A machine that ran a sample, then vanished from the provider (marked gone)
+// and came back, is reset before it is ready again: what it did meanwhile is
+// unknown (SPEC §6).
+func TestRevivedMachineIsResetBeforeUse(t *testing.T) {
+	st := openSQLite(t)
+	marker := filepath.Join(t.TempDir(), "resets")
+	full := labPool(`echo "$SANDFLEET_MACHINE" >> ` + marker)
+	without := full
+	without.Machines = full.Machines[1:] // operator takes lab1 out of the config for a while
+
+	// The interval stands in for the daemon's 30s safety-net pass.
+	runWith := func(p config.Pool) func() {
+		r := fleet.New(fleet.Options{Store: st, Provider: static.New([]config.Pool{p}), Pools: []config.Pool{p},
+			Interval: 300 * time.Millisecond, OpTimeout: 10 * time.Second, Logger: testLogger()})
+		return run(r)
+	}
+	ctx := context.Background()
+
+	stop := runWith(full)
+	waitFor(t, 10*time.Second, "lab1 ready", func() bool { return machineState(t, st, "lab1") == store.Ready })
+	stop()
+	// A task takes lab1 and runs a sample on it.
+	if _, err := st.TransitionMachine(ctx, store.Transition{Label: "lab1", From: store.Ready, To: store.Leased, Cause: "task 1"}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Restart without lab1: it is marked gone while leased.
+	stop = runWith(without)
+	waitFor(t, 10*time.Second, "lab1 gone", func() bool { return machineState(t, st, "lab1") == store.Gone })
+	stop()
+	// The task's release (leased → dirty) now goes stale: the row is gone.
+	if _, err := st.TransitionMachine(ctx, store.Transition{Label: "lab1", From: store.Leased, To: store.Dirty, Cause: "task 1 done"}); err == nil {
+		t.Fatal("setup: release should be stale")
+	}
+
+	// lab1 is put back in the config.
+	stop = runWith(full)
+	defer stop()
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if machineState(t, st, "lab1") == store.Ready {
+			out, _ := os.ReadFile(marker)
+			if !strings.Contains(string(out), "lab1") {
+				t.Fatalf("lab1 ran task 1's sample and is ready again without reset_command having run (resets: %q)", out)
+			}
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("lab1 ended %s", machineState(t, st, "lab1"))
+}
+
+// labPool is a static pool of two machines, lab1 (tagged win10) and lab2,
+// reset by reset.
+func labPool(reset string) config.Pool {
+	return config.Pool{
+		Name: "lab", Provider: "static", Platform: "windows",
+		Machines: []config.StaticMachine{
+			{Label: "lab1", IP: "127.0.0.21", Arch: "x64", Tags: []string{"win10"}},
+			{Label: "lab2", IP: "127.0.0.22", Arch: "x64"},
+		},
+		ResetCommand: reset,
 	}
 }

@@ -5,11 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sandfleet/sandfleet/internal/config"
-	"github.com/sandfleet/sandfleet/internal/fleet"
-	"github.com/sandfleet/sandfleet/internal/guest"
 	"github.com/sandfleet/sandfleet/internal/provider"
-	"github.com/sandfleet/sandfleet/internal/provider/azure"
 	"github.com/sandfleet/sandfleet/internal/store"
 )
 
@@ -31,37 +27,17 @@ func (p shutdownAfterReimage) Reimage(ctx context.Context, group string, ids []s
 // than issuing it again (SPEC §1.3).
 func TestTokenStoredDespiteShutdown(t *testing.T) {
 	st := openSQLite(t)
-	c := newCloud(t, 0, 1)
-	stop := run(c.reconciler(t, st))
-	waitFor(t, 30*time.Second, "machine ready", func() bool { return countReady(t, st) == 1 })
-	stop()
+	c := readyCloud(t, st, 1)
 	c.emu.SetFaults([]byte(`{"lro_delay_ms": 1500}`))
 
 	ctx := context.Background()
-	m, _ := st.GetMachine(ctx, "win10x64_0")
-	for _, to := range []store.MachineState{store.Leased, store.Dirty} {
-		if m, _ = st.TransitionMachine(ctx, store.Transition{Label: m.Label, From: m.State, To: to, Cause: "task"}); m.State != to {
-			t.Fatal("setup")
-		}
-	}
+	walk(t, st, "win10x64_0", store.Leased, store.Dirty)
 
-	ac := config.Default().Azure
-	ac.SubscriptionID = "11111111-0000-4000-8000-000000000001"
-	ac.Endpoint = c.emu.URL()
-	ac.Credential = "emulator"
-	drv, err := azure.New(ac, azure.Options{CertPool: c.emu.CertPool(), PollInterval: 50 * time.Millisecond, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer drv.Close()
 	runCtx, cancel := context.WithCancel(ctx)
-	r := fleet.New(fleet.Options{Store: st, Provider: shutdownAfterReimage{drv, cancel}, Pools: []config.Pool{c.pool},
-		Interval: 500 * time.Millisecond, OpTimeout: time.Minute, WaitForAgent: true,
-		Agent: guest.NewClient(c.emu.AgentPort(), 2*time.Second), MaxConcurrentOps: 4, AdoptExisting: true,
-		Orphans: true, Logger: testLogger()})
+	r := c.reconcilerOn(st, shutdownAfterReimage{c.driver(t), cancel})
 	r.Run(runCtx) // returns once the SIGTERM stand-in cancels it
 
-	stop = run(c.reconciler(t, st))
+	stop := run(c.reconciler(t, st))
 	defer stop()
 	waitFor(t, 20*time.Second, "machine ready after its reimage", func() bool { return machineState(t, st, "win10x64_0") == store.Ready })
 	if n := c.count("POST", "/virtualMachineScaleSets/win10x64/reimage"); n != 1 {

@@ -19,13 +19,14 @@ import (
 
 // call GETs an API path and decodes the envelope's data into out.
 func (g *globals) call(ctx context.Context, path string, out any) error {
-	u, err := url.JoinPath(g.server, path)
+	server, err := g.target()
 	if err != nil {
+		return err
+	}
+	if _, err := url.Parse(server); err != nil {
 		return fmt.Errorf("--server: %w", err)
 	}
-	if !strings.HasSuffix(u, "/") {
-		u += "/"
-	}
+	u := strings.TrimRight(server, "/") + path
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
@@ -35,7 +36,7 @@ func (g *globals) call(ctx context.Context, path string, out any) error {
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("daemon at %s: %w", g.server, err)
+		return fmt.Errorf("daemon at %s: %w", server, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))

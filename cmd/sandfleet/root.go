@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -24,6 +25,7 @@ type globals struct {
 	dataDir    string
 	logFormat  string
 	server     string
+	serverSet  bool // --server given explicitly
 	token      string
 }
 
@@ -34,12 +36,15 @@ func rootCmd() *cobra.Command {
 		Short:         "The machine layer of a malware-analysis sandbox",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
+			g.serverSet = cmd.Flags().Changed("server")
+		},
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.configFile, "config", "", "configuration file (default: sandfleet.yaml in the working directory if present, else built-in defaults)")
 	pf.StringVar(&g.dataDir, "data-dir", "", "data directory (overrides data_dir)")
 	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
-	pf.StringVar(&g.server, "server", "http://127.0.0.1:8090", "daemon address for client commands")
+	pf.StringVar(&g.server, "server", "http://127.0.0.1:8090", "daemon address for client commands (default: the configuration's listen address)")
 	pf.StringVar(&g.token, "token", os.Getenv("SANDFLEET_TOKEN"), "API token for client commands (or SANDFLEET_TOKEN)")
 	api.Version = version
 	root.AddCommand(serveCmd(g), emulatorCmd(g), migrateCmd(g), versionCmd(),
@@ -64,6 +69,32 @@ func (g *globals) load() (*config.Config, error) {
 		cfg.DataDir = g.dataDir
 	}
 	return cfg, nil
+}
+
+// target is the daemon client commands talk to: --server, else the listen
+// address of the configuration in use (so `check --config X` asks the daemon
+// that X runs), else the default.
+func (g *globals) target() (string, error) {
+	if g.serverSet {
+		return g.server, nil
+	}
+	if g.configFile == "" {
+		if _, err := os.Stat("sandfleet.yaml"); err != nil {
+			return g.server, nil
+		}
+	}
+	cfg, err := g.load()
+	if err != nil {
+		return "", err
+	}
+	host, port, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return "", fmt.Errorf("listen: %q is not host:port", cfg.Listen)
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port), nil
 }
 
 func (g *globals) logger() *slog.Logger {

@@ -254,7 +254,24 @@ func Load(path string) (*Config, error) {
 	if len(cfg.Pools) == 0 {
 		cfg.Pools = DefaultPools()
 	}
+	cfg.fillPoolDefaults()
 	return cfg, nil
+}
+
+// fillPoolDefaults gives a cloud pool without max_size the most it may have:
+// azure.scale_set_limit for Azure (at least initial_size), initial_size
+// otherwise.
+func (c *Config) fillPoolDefaults() {
+	for i := range c.Pools {
+		p := &c.Pools[i]
+		if p.MaxSize != 0 || (p.Provider != "azure" && p.Provider != "libvirt") {
+			continue
+		}
+		p.MaxSize = p.InitialSize
+		if p.Provider == "azure" {
+			p.MaxSize = max(p.InitialSize, c.Azure.ScaleSetLimit)
+		}
+	}
 }
 
 // Decode parses YAML into cfg strictly: unknown keys are errors with their line.
@@ -360,10 +377,13 @@ func (c *Config) Validate() error {
 			if p.InitialSize < 0 {
 				bad(key+".initial_size", "must be >= 0")
 			}
-			if p.MaxSize < p.InitialSize {
+			limit := p.Provider == "azure" && c.Azure.ScaleSetLimit > 0
+			switch {
+			case limit && p.InitialSize > c.Azure.ScaleSetLimit:
+				bad(key+".initial_size", "%d exceeds azure.scale_set_limit %d", p.InitialSize, c.Azure.ScaleSetLimit)
+			case p.MaxSize < p.InitialSize:
 				bad(key+".max_size", "%d is below initial_size %d", p.MaxSize, p.InitialSize)
-			}
-			if p.Provider == "azure" && p.MaxSize > c.Azure.ScaleSetLimit && c.Azure.ScaleSetLimit > 0 {
+			case limit && p.MaxSize > c.Azure.ScaleSetLimit:
 				bad(key+".max_size", "%d exceeds azure.scale_set_limit %d", p.MaxSize, c.Azure.ScaleSetLimit)
 			}
 			if len(p.Machines) > 0 {

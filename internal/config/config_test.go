@@ -58,6 +58,8 @@ func TestValidationNamesTheKey(t *testing.T) {
 		{"pools:\n  - {name: ok, provider: azure, platform: windows, image: i, max_size: 2}\n  - {name: win_10, provider: azure, platform: windows, image: i}\n",
 			`pools[1].name: "win_10" contains "_"`},
 		{"pools:\n  - {name: a, provider: azure, platform: windows, image: i, initial_size: 5, max_size: 2}\n", "pools[0].max_size: 2 is below initial_size 5"},
+		{"pools:\n  - {name: a, provider: azure, platform: windows, image: i, initial_size: 30}\n", "pools[0].initial_size: 30 exceeds azure.scale_set_limit 20"},
+		{"pools:\n  - {name: a, provider: azure, platform: windows, image: i, max_size: 25}\n", "pools[0].max_size: 25 exceeds azure.scale_set_limit 20"},
 		{"pools:\n  - {name: a, provider: cloud, platform: windows}\n", `pools[0].provider: "cloud"`},
 		{"pools:\n  - {name: a, provider: static, platform: windows, machines: [{label: x, ip: nope}]}\n", `pools[0].machines[0].ip: "nope" is not an IP address`},
 		{"pools:\n  - {name: a, provider: static, platform: beos, machines: [{label: x, ip: 127.0.0.1}]}\n", `pools[0].platform: "beos"`},
@@ -77,6 +79,19 @@ func TestValidationNamesTheKey(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%q: Validate() = %v, want it to contain %q", tt.yaml, err, tt.want)
 		}
+	}
+}
+
+func TestMaxSizeDefaultsToTheLimit(t *testing.T) {
+	cfg, err := load(t, "azure: {scale_set_limit: 12}\npools:\n  - {name: a, provider: azure, platform: windows, image: i, initial_size: 10}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Pools[0].MaxSize != 12 {
+		t.Fatalf("max_size = %d, want azure.scale_set_limit 12", cfg.Pools[0].MaxSize)
 	}
 }
 

@@ -193,6 +193,8 @@ func (r *Reconciler) Run(ctx context.Context) error {
 // Start records the configured pools and resumes unfinished operations. Run
 // calls it; tests and benchmarks that drive Pass by hand call it once.
 func (r *Reconciler) Start(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.o.OpTimeout)
+	defer cancel()
 	for _, p := range r.o.Pools {
 		err := r.o.Store.UpsertPool(ctx, store.Pool{
 			Name: p.Name, Provider: p.Provider, Platform: p.Platform, Arch: p.Arch,

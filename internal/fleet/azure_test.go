@@ -232,3 +232,35 @@ func testLogger() *slog.Logger {
 	}
 	return quiet
 }
+
+// A row whose IP disagrees with the provider's NIC is reported by check and
+// corrected by the next pass, without a state change.
+func TestStaleIPIsReportedAndRefreshed(t *testing.T) {
+	st := openSQLite(t)
+	c := readyCloud(t, st, 2)
+	ctx := context.Background()
+	m, _ := st.GetMachine(ctx, "win10x64_1")
+	good, stale := m.IP, "127.0.0.99"
+	if _, err := st.TransitionMachine(ctx, store.Transition{Label: m.Label, From: store.Ready, To: store.Ready, Cause: "test", IP: &stale}); err != nil {
+		t.Fatal(err)
+	}
+	r := c.reconciler(t, st)
+	reps, err := r.Check(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fleet.Mismatch{Label: "win10x64_1", Field: "ip", DB: stale, Provider: good}
+	if len(reps) != 1 || reps[0].Consistent() || len(reps[0].Mismatched) != 1 || reps[0].Mismatched[0] != want {
+		t.Fatalf("check = %+v, want one mismatch %+v", reps, want)
+	}
+	if err := r.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m, _ = st.GetMachine(ctx, "win10x64_1")
+	if m.IP != good || m.State != store.Ready {
+		t.Fatalf("after a pass: ip %s state %s, want %s ready", m.IP, m.State, good)
+	}
+	if reps, _ = r.Check(ctx); !reps[0].Consistent() {
+		t.Fatalf("check after the pass: %+v", reps)
+	}
+}

@@ -66,6 +66,9 @@ type Timeouts struct {
 // Fleet configures the reconcilers.
 type Fleet struct {
 	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
+	// LeaseTTL: with several nodes on one database, one reconciles each
+	// provider under a lease; a dead leader's pools wait this long.
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
 }
 
 // Azure configures the Azure VMSS provider. An empty SubscriptionID selects the
@@ -201,7 +204,7 @@ func Default() *Config {
 			VMState:        300 * time.Second,
 			CloudOperation: 300 * time.Second,
 		},
-		Fleet: Fleet{ReconcileInterval: 30 * time.Second},
+		Fleet: Fleet{ReconcileInterval: 30 * time.Second, LeaseTTL: 15 * time.Second},
 		Azure: Azure{
 			Endpoint:                 "https://management.azure.com",
 			Credential:               "default",
@@ -308,6 +311,7 @@ func (c *Config) Validate() error {
 		"timeouts.default": c.Timeouts.Default, "timeouts.critical": c.Timeouts.Critical,
 		"timeouts.vm_state": c.Timeouts.VMState, "timeouts.cloud_operation": c.Timeouts.CloudOperation,
 		"fleet.reconcile_interval": c.Fleet.ReconcileInterval,
+		"fleet.lease_ttl":          c.Fleet.LeaseTTL,
 		"azure.monitor_interval":   c.Azure.MonitorInterval,
 	} {
 		if d <= 0 {

@@ -5,6 +5,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/sandfleet/sandfleet/internal/api"
@@ -63,6 +65,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	}
 	d.Store = st
 
+	holder, err := nodeID(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	byProvider := map[string][]config.Pool{}
 	for _, p := range cfg.Pools {
 		byProvider[p.Provider] = append(byProvider[p.Provider], p)
@@ -97,7 +103,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 			WaitForAgent: waitForAgent, Agent: agent,
 			ReimageWindow: cfg.Azure.ReimageBatchWindow, ProvisionTimeout: cfg.Timeouts.VMState, MaxConcurrentOps: cfg.Azure.MaxConcurrentOperations,
 			AdoptExisting: cfg.Azure.AdoptExisting, MultipleDeployments: cfg.Azure.MultipleDeployments,
-			Orphans:        kind == "azure",
+			Orphans: kind == "azure",
+			Holder:  holder, LeaseTTL: cfg.Fleet.LeaseTTL,
 			ResultServerIP: rsHost, ResultServerPort: rsPort,
 			Logger: log.With("provider", kind),
 		}))
@@ -151,6 +158,26 @@ func (d *Daemon) azure(pools []config.Pool) (provider.Provider, error) {
 		opts.PollInterval = 200 * time.Millisecond
 	}
 	return azure.New(ac, opts)
+}
+
+// nodeID names this node in leases: kept in the data directory, so that a
+// restarted daemon takes its own lease back at once, while another node (with
+// its own data directory) waits for it to lapse.
+func nodeID(dataDir string) (string, error) {
+	path := filepath.Join(dataDir, "node-id")
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	host, _ := os.Hostname()
+	var r [6]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return "", err
+	}
+	id := fmt.Sprintf("%s-%x", host, r)
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("data_dir: %w", err)
+	}
+	return id, nil
 }
 
 // resultServerAddr is what machines are told to report to.

@@ -208,6 +208,7 @@ type daemonConfig struct {
 	Emulator *emulator
 	Size     int
 	Interval string
+	LeaseTTL string
 }
 
 func writeConfig(t *testing.T, c daemonConfig) (path, listen string) {
@@ -216,6 +217,10 @@ func writeConfig(t *testing.T, c daemonConfig) (path, listen string) {
 	interval := c.Interval
 	if interval == "" {
 		interval = "1s"
+	}
+	lease := c.LeaseTTL
+	if lease == "" {
+		lease = "15s"
 	}
 	db := c.Database
 	if db == "" {
@@ -226,6 +231,7 @@ data_dir: %s
 database: %s
 fleet:
   reconcile_interval: %s
+  lease_ttl: %s
 timeouts:
   cloud_operation: 120s
 azure:
@@ -244,7 +250,7 @@ pools:
     image: win10-gallery-image
     initial_size: %d
     max_size: 20
-`, listen, c.DataDir, db, interval, c.Emulator.url, filepath.Join(c.Emulator.state, "ca.pem"), c.Size)
+`, listen, c.DataDir, db, interval, lease, c.Emulator.url, filepath.Join(c.Emulator.state, "ca.pem"), c.Size)
 	path = filepath.Join(c.DataDir, "sandfleet.yaml")
 	if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -200,5 +201,48 @@ func TestEmbeddedDefault(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "sandfleet-data", "sandfleet.db")); err != nil {
 		t.Fatalf("default database not under ./sandfleet-data: %v", err)
+	}
+}
+
+// Two daemons on one PostgreSQL share the fleet: one reconciles, the other
+// serves the same machine table; when the first is killed with SIGKILL the
+// second takes over once its lease lapses, and keeps the table true.
+func TestSecondNodeTakesOver(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	emu := startEmulator(t, t.TempDir())
+	dirA, dirB := t.TempDir(), t.TempDir()
+	confA, listenA := writeConfig(t, daemonConfig{DataDir: dirA, Database: url, Emulator: emu, Size: 3, LeaseTTL: "2s"})
+	confB, listenB := writeConfig(t, daemonConfig{DataDir: dirB, Database: url, Emulator: emu, Size: 3, LeaseTTL: "2s"})
+	a := startDaemon(t, confA, listenA)
+	ready := a.waitReady(t, 3, 60*time.Second)
+	b := startDaemon(t, confB, listenB)
+	waitFor(t, 10*time.Second, "second node ready as a follower", func() bool {
+		resp, err := http.Get(b.api + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	if got := live(b.machines(t)); len(got) != 3 {
+		t.Fatalf("the second node serves %d machines, want the same 3", len(got))
+	}
+	a.kill()
+
+	victim := slices.Sorted(maps.Keys(ready))[0]
+	emu.do(t, "DELETE", "/_emulator/scalesets/win10x64/vms/"+ready[victim].InstanceID, nil)
+	waitFor(t, 30*time.Second, victim+" marked gone by the second node", func() bool {
+		var m machine
+		return b.get(t, "/apiv2/machines/view/"+victim+"/", &m) == nil && m.State == "gone"
+	})
+	b.waitReady(t, 3, 30*time.Second)
+	if code, out := b.check(t); code != 0 {
+		t.Fatalf("check on the second node: exit %d\n%s", code, out)
+	}
+	if n := count(emu.requests(t), "PUT", "/virtualMachineScaleSets/win10x64"); n != 1 {
+		t.Errorf("scale set PUT %d times, want 1", n)
+	}
+	if !strings.Contains(b.output(), "standing by") || !strings.Contains(b.output(), "this node reconciles") {
+		t.Errorf("the second node did not stand by, then take over:\n%s", tail(b.output(), 30))
 	}
 }

@@ -63,10 +63,17 @@ func (c *cloud) driver(tb testing.TB) *azure.Driver {
 
 // reconcilerOn builds a reconciler of the cloud's pool on prov.
 func (c *cloud) reconcilerOn(st store.Store, prov provider.Provider) *fleet.Reconciler {
-	return fleet.New(fleet.Options{Store: st, Provider: prov, Pools: []config.Pool{c.pool},
+	return c.reconcilerWith(st, prov, func(*fleet.Options) {})
+}
+
+// reconcilerWith builds a reconciler with options changed by edit.
+func (c *cloud) reconcilerWith(st store.Store, prov provider.Provider, edit func(*fleet.Options)) *fleet.Reconciler {
+	o := fleet.Options{Store: st, Provider: prov, Pools: []config.Pool{c.pool},
 		Interval: 500 * time.Millisecond, OpTimeout: time.Minute, WaitForAgent: true,
 		Agent: guest.NewClient(c.emu.AgentPort(), 2*time.Second), MaxConcurrentOps: 4, AdoptExisting: true,
-		Orphans: true, Logger: testLogger()})
+		Orphans: true, Logger: testLogger()}
+	edit(&o)
+	return fleet.New(o)
 }
 
 // readyCloud is a cloud whose pool of size machines a first reconciler has

@@ -58,6 +58,12 @@ type Options struct {
 	AdoptExisting bool
 	// MultipleDeployments leaves owned but unconfigured groups alone.
 	MultipleDeployments bool
+	// Holder names this node for the provider's lease; "" runs without one
+	// (a single node, or a test).
+	Holder string
+	// LeaseTTL is how long a lease lasts unrenewed (default 15 s): how long
+	// a dead leader's pools wait for another node.
+	LeaseTTL time.Duration
 	// Orphans: this reconciler also resumes journaled operations of pools that
 	// are no longer configured (the cloud provider's, not the static one's).
 	Orphans          bool
@@ -112,6 +118,9 @@ func New(o Options) *Reconciler {
 	if o.OpTimeout <= 0 {
 		o.OpTimeout = 300 * time.Second
 	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = 15 * time.Second
+	}
 	r := &Reconciler{
 		o:               o,
 		log:             o.Logger,
@@ -137,10 +146,37 @@ func (r *Reconciler) Trigger() {
 	}
 }
 
-// Run registers the pools, resumes journaled operations, then reconciles on
-// every trigger and every interval until ctx ends. Operations still in flight
-// at shutdown stay in the journal, to be resumed by the next start.
+// Run reconciles until ctx ends: it registers the pools, resumes journaled
+// operations, then passes on every trigger and every interval. With a Holder
+// it first takes the provider's lease, so that of several nodes sharing a
+// database one reconciles; the others stand by and take over when its lease
+// lapses. Operations still in flight when Run ends, or the lease is lost,
+// stay in the journal for the next leader to resume.
 func (r *Reconciler) Run(ctx context.Context) error {
+	if r.o.Holder == "" {
+		r.lead(ctx)
+		return nil
+	}
+	for ctx.Err() == nil {
+		if !r.awaitLease(ctx) {
+			break
+		}
+		term, lose := context.WithCancel(ctx)
+		go r.keepLease(term, lose)
+		r.lead(term)
+		lose()
+	}
+	// Hand over at once on shutdown rather than after the lease lapses.
+	rel, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := r.o.Store.ReleaseLease(rel, r.leaseName(), r.o.Holder); err != nil {
+		r.log.Warn("release lease", "err", err)
+	}
+	return nil
+}
+
+// lead is one term of reconciling, until ctx ends.
+func (r *Reconciler) lead(ctx context.Context) {
 	r.mu.Lock()
 	r.base = ctx
 	r.mu.Unlock()
@@ -155,7 +191,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		r.log.Error("reconciler start; retrying", "err", err, "retry_in", backoff)
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-time.After(backoff):
 		}
 	}
@@ -164,7 +200,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-timer.C:
 		case <-r.wake:
 		}

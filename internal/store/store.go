@@ -211,4 +211,12 @@ type Store interface {
 	FinishOperation(ctx context.Context, id int64, state OpState, errMsg string) error
 	GetOperation(ctx context.Context, id int64) (Operation, error)
 	ListOperations(ctx context.Context, f OperationFilter) ([]Operation, error)
+
+	// TryLease takes or renews the lease called name for holder until
+	// now+ttl, unless another holder's lease on it has not expired. It
+	// reports whether holder has the lease. Leases elect the one node that
+	// reconciles a provider when several share a database.
+	TryLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error)
+	// ReleaseLease gives up holder's lease, if it has it.
+	ReleaseLease(ctx context.Context, name, holder string) error
 }

@@ -61,6 +61,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"RoundTrips", testRoundTrips},
 		{"RaceCompareAndSet", testRaceCompareAndSet},
 		{"ConcurrentWriters", testConcurrentWriters},
+		{"Leases", testLeases},
+		{"RaceLease", testRaceLease},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -833,6 +835,69 @@ func testConcurrentWriters(t *testing.T, open func(t *testing.T) store.Store) {
 	for _, m := range ms {
 		if m.Version != int64(len(cycle)) {
 			t.Errorf("%s at version %d, want %d", m.Label, m.Version, len(cycle))
+		}
+	}
+}
+
+func testLeases(t *testing.T, open func(t *testing.T) store.Store) {
+	ctx := context.Background()
+	a, b := migrated(t, open), migrated(t, open)
+	try := func(s store.Store, holder string, ttl time.Duration, want bool) {
+		t.Helper()
+		got, err := s.TryLease(ctx, "reconciler/azure", holder, ttl)
+		if err != nil || got != want {
+			t.Fatalf("TryLease(%s, %s) = %v, %v; want %v", holder, ttl, got, err, want)
+		}
+	}
+	try(a, "node-a", time.Minute, true)  // free: taken
+	try(b, "node-b", time.Minute, false) // held and unexpired
+	try(a, "node-a", time.Minute, true)  // renewed by its holder
+	if got, err := b.TryLease(ctx, "reconciler/static", "node-b", time.Minute); err != nil || !got {
+		t.Fatalf("another lease name is independent: %v, %v", got, err)
+	}
+	if err := b.ReleaseLease(ctx, "reconciler/azure", "node-b"); err != nil {
+		t.Fatal(err) // not its lease: nothing happens
+	}
+	try(b, "node-b", time.Minute, false)
+	if err := a.ReleaseLease(ctx, "reconciler/azure", "node-a"); err != nil {
+		t.Fatal(err)
+	}
+	try(b, "node-b", time.Nanosecond, true) // released: taken, expiring at once
+	try(a, "node-a", time.Minute, true)     // expired: taken over
+	try(b, "node-b", time.Minute, false)
+	if _, err := a.TryLease(ctx, "", "node-a", time.Minute); err == nil {
+		t.Fatal("a lease without a name was accepted")
+	}
+}
+
+// Two nodes racing for a free lease: exactly one gets it, every round.
+func testRaceLease(t *testing.T, open func(t *testing.T) store.Store) {
+	ctx := context.Background()
+	nodes := []store.Store{migrated(t, open), migrated(t, open)}
+	const rounds, racers = 30, 8
+	for r := range rounds {
+		name := fmt.Sprintf("lease%d", r)
+		var wg sync.WaitGroup
+		startGun := make(chan struct{})
+		wins := make(chan string, racers)
+		for i := range racers {
+			wg.Go(func() {
+				<-startGun
+				holder := fmt.Sprintf("node-%d", i)
+				got, err := nodes[i%2].TryLease(ctx, name, holder, time.Minute)
+				if err != nil {
+					t.Errorf("round %d: %v", r, err)
+				}
+				if got {
+					wins <- holder
+				}
+			})
+		}
+		close(startGun)
+		wg.Wait()
+		close(wins)
+		if n := len(wins); n != 1 {
+			t.Fatalf("round %d: %d holders got the lease, want exactly 1", r, n)
 		}
 	}
 }

@@ -265,15 +265,18 @@ func startDaemon(t *testing.T, conf, listen string) *daemon {
 	t.Helper()
 	d := &daemon{api: "http://" + listen, conf: conf}
 	d.proc = start(t, "serve", "--config", conf)
-	waitFor(t, 30*time.Second, "daemon answers", func() bool {
-		resp, err := http.Get(d.api + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	waitFor(t, 30*time.Second, "daemon answers", func() bool { return d.answers("/healthz") })
 	return d
+}
+
+// answers reports whether GET path answers 200.
+func (d *daemon) answers(path string) bool {
+	resp, err := http.Get(d.api + path)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
 }
 
 type machine struct {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"maps"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -216,14 +215,7 @@ func TestSecondNodeTakesOver(t *testing.T) {
 	a := startDaemon(t, confA, listenA)
 	ready := a.waitReady(t, 3, 60*time.Second)
 	b := startDaemon(t, confB, listenB)
-	waitFor(t, 10*time.Second, "second node ready as a follower", func() bool {
-		resp, err := http.Get(b.api + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	waitFor(t, 10*time.Second, "second node ready as a follower", func() bool { return b.answers("/readyz") })
 	if got := live(b.machines(t)); len(got) != 3 {
 		t.Fatalf("the second node serves %d machines, want the same 3", len(got))
 	}

@@ -109,17 +109,19 @@ func New(o Options) *Reconciler {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	// Zero values take the configuration's defaults: one place for them.
+	def := config.Default()
 	if o.MaxConcurrentOps < 1 {
-		o.MaxConcurrentOps = 4
+		o.MaxConcurrentOps = def.Azure.MaxConcurrentOperations
 	}
 	if o.Interval <= 0 {
-		o.Interval = 30 * time.Second
+		o.Interval = def.Fleet.ReconcileInterval
 	}
 	if o.OpTimeout <= 0 {
-		o.OpTimeout = 300 * time.Second
+		o.OpTimeout = def.Timeouts.CloudOperation
 	}
 	if o.LeaseTTL <= 0 {
-		o.LeaseTTL = 15 * time.Second
+		o.LeaseTTL = def.Fleet.LeaseTTL
 	}
 	r := &Reconciler{
 		o:               o,

@@ -166,7 +166,10 @@ func (r *Reconciler) undo(ctx context.Context, op store.Operation, pre []store.T
 
 // finish records an operation's end and releases its claim and slot.
 func (r *Reconciler) finish(op store.Operation, state store.OpState, msg string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.base), 30*time.Second)
+	r.mu.Lock()
+	base := r.base
+	r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(base), 30*time.Second)
 	defer cancel()
 	if err := r.o.Store.FinishOperation(ctx, op.ID, state, msg); err != nil && !errors.Is(err, store.ErrStale) {
 		r.log.Error("finish operation", "operation_id", op.ID, "err", err)

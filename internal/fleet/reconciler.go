@@ -93,6 +93,7 @@ type Reconciler struct {
 	throttledUntil  time.Time
 	throttleReason  string
 	views           map[string]View
+	retiring        []string // pools of this provider no longer configured
 	nextWake        time.Time
 	base            context.Context
 }
@@ -243,6 +244,19 @@ func (r *Reconciler) Start(ctx context.Context) error {
 			return fmt.Errorf("register pool %s: %w", p.Name, err)
 		}
 	}
+	stored, err := r.o.Store.ListPools(ctx)
+	if err != nil {
+		return fmt.Errorf("read pools: %w", err)
+	}
+	var retiring []string
+	for _, p := range stored {
+		if _, configured := r.pools[p.Name]; !configured && p.Provider == r.ProviderName() {
+			retiring = append(retiring, p.Name)
+		}
+	}
+	r.mu.Lock()
+	r.retiring = retiring
+	r.mu.Unlock()
 	return r.resume(ctx)
 }
 
@@ -406,21 +420,18 @@ func (r *Reconciler) pass(ctx context.Context) error {
 // retirePools marks gone the machines of pools this provider once served but
 // no longer configures, once their group is gone too: the scheduler must not
 // lease a machine nothing manages.
+// The candidates are found once, at Start; a retired pool leaves the list.
 func (r *Reconciler) retirePools(ctx context.Context, groups map[string]provider.Group) error {
-	pools, err := r.o.Store.ListPools(ctx)
-	if err != nil {
-		return fmt.Errorf("list pools: %w", err)
-	}
-	for _, p := range pools {
-		if _, configured := r.pools[p.Name]; configured || p.Provider != r.ProviderName() {
+	r.mu.Lock()
+	retiring := slices.Clone(r.retiring)
+	r.mu.Unlock()
+	for _, name := range retiring {
+		if _, exists := groups[name]; exists || r.groupBusy(name) {
 			continue
 		}
-		if _, exists := groups[p.Name]; exists || r.groupBusy(p.Name) {
-			continue
-		}
-		ms, err := r.o.Store.ListMachines(ctx, store.MachineFilter{Pool: p.Name})
+		ms, err := r.o.Store.ListMachines(ctx, store.MachineFilter{Pool: name})
 		if err != nil {
-			return fmt.Errorf("pool %s: list machines: %w", p.Name, err)
+			return fmt.Errorf("pool %s: list machines: %w", name, err)
 		}
 		var ts []store.Transition
 		for _, m := range ms {
@@ -429,9 +440,12 @@ func (r *Reconciler) retirePools(ctx context.Context, groups map[string]provider
 					Cause: "pool no longer configured and its group is gone"})
 			}
 		}
-		if err := r.move(ctx, p.Name, ts); err != nil {
+		if err := r.move(ctx, name, ts); err != nil {
 			return err
 		}
+		r.mu.Lock()
+		r.retiring = slices.DeleteFunc(r.retiring, func(n string) bool { return n == name })
+		r.mu.Unlock()
 	}
 	return nil
 }

@@ -243,3 +243,24 @@ func labPool(reset string) config.Pool {
 		ResetCommand: reset,
 	}
 }
+
+// A pool taken out of the configuration has its machines marked gone once its
+// group is gone, so nothing leases a machine no one manages.
+func TestRemovedPoolRetired(t *testing.T) {
+	st := openSQLite(t)
+	keep := labPool("")
+	old := config.Pool{Name: "old", Provider: "static", Platform: "linux",
+		Machines: []config.StaticMachine{{Label: "old1", IP: "127.0.0.31"}}}
+	both := []config.Pool{keep, old}
+	stop := run(fleet.New(fleet.Options{Store: st, Provider: static.New(both), Pools: both, Interval: time.Hour}))
+	waitFor(t, 10*time.Second, "old1 ready", func() bool { return machineState(t, st, "old1") == store.Ready })
+	stop()
+
+	only := []config.Pool{keep}
+	stop = run(fleet.New(fleet.Options{Store: st, Provider: static.New(only), Pools: only, Interval: time.Hour}))
+	defer stop()
+	waitFor(t, 10*time.Second, "old1 gone", func() bool { return machineState(t, st, "old1") == store.Gone })
+	if machineState(t, st, "lab1") != store.Ready {
+		t.Fatal("a configured pool's machine was disturbed")
+	}
+}

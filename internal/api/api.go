@@ -19,7 +19,7 @@ import (
 	"github.com/sandfleet/sandfleet/internal/store"
 )
 
-// Version is reported by cuckoo/status/; set by the binary.
+// Version is the binary's version, set by cmd/sandfleet.
 var Version = "dev"
 
 // Server is the HTTP API.
@@ -53,7 +53,6 @@ func New(o Options) *Server {
 	s.handle("GET /apiv2/pools/list/", s.poolsList)
 	s.handle("GET /apiv2/fleet/check/", s.fleetCheck)
 	s.handle("GET /apiv2/operations/list/", s.operationsList)
-	s.handle("GET /apiv2/cuckoo/status/", s.status)
 	s.mux.HandleFunc("/apiv2/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -142,7 +141,7 @@ func (s *Server) internal(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	write(w, http.StatusOK, map[string]string{"status": "ok"})
+	write(w, http.StatusOK, map[string]string{"status": "ok", "version": Version})
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
@@ -320,29 +319,4 @@ func (s *Server) operationsList(w http.ResponseWriter, r *http.Request) {
 			Error: nullable(op.Error), CreatedAt: capeTime(op.CreatedAt), UpdatedAt: capeTime(op.UpdatedAt)})
 	}
 	reply(w, out)
-}
-
-func (s *Server) status(w http.ResponseWriter, r *http.Request) {
-	ms, err := s.store.ListMachines(r.Context(), store.MachineFilter{})
-	if err != nil {
-		s.internal(w, r, err)
-		return
-	}
-	total, available := 0, 0
-	for _, m := range ms {
-		if m.State == store.Gone {
-			continue
-		}
-		total++
-		if m.State == store.Ready {
-			available++
-		}
-	}
-	host, _ := os.Hostname()
-	reply(w, map[string]any{
-		"version":  Version,
-		"hostname": host,
-		"machines": map[string]int{"total": total, "available": available},
-		"tasks":    map[string]int{"total": 0, "pending": 0, "running": 0, "completed": 0, "reported": 0},
-	})
 }

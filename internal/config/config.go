@@ -349,6 +349,15 @@ func (c *Config) Validate() error {
 	if len(c.Pools) == 0 {
 		bad("pools", "at least one pool is required")
 	}
+	azureTotal := 0
+	for _, p := range c.Pools {
+		if p.Provider == "azure" {
+			azureTotal += p.InitialSize
+		}
+	}
+	if c.Azure.TotalMachinesLimit > 0 && azureTotal > c.Azure.TotalMachinesLimit {
+		bad("azure.total_machines_limit", "%d is below the sum of the Azure pools' initial_size (%d)", c.Azure.TotalMachinesLimit, azureTotal)
+	}
 	names := map[string]int{}
 	labels := map[string]string{}
 	for i, p := range c.Pools {

@@ -64,6 +64,8 @@ func TestValidationNamesTheKey(t *testing.T) {
 		{"pools:\n  - {name: a, provider: static, platform: windows, machines: [{label: x, ip: nope}]}\n", `pools[0].machines[0].ip: "nope" is not an IP address`},
 		{"pools:\n  - {name: a, provider: static, platform: beos, machines: [{label: x, ip: 127.0.0.1}]}\n", `pools[0].platform: "beos"`},
 		{"pools:\n  - {name: a, provider: azure, platform: windows, image: i, max_size: 2}\n  - {name: a, provider: azure, platform: windows, image: i, max_size: 2}\n", `pools[1].name: "a" already used by pools[0]`},
+		{"azure: {total_machines_limit: 5}\npools:\n  - {name: a, provider: azure, platform: windows, image: i, initial_size: 3}\n  - {name: b, provider: azure, platform: windows, image: i, initial_size: 3}\n",
+			"azure.total_machines_limit: 5 is below the sum of the Azure pools' initial_size (6)"},
 		{"listen: 0.0.0.0:8090\n", "auth.tokens_file: required when listen"},
 		{"database: mysql://x\n", `database: "mysql://x"`},
 		{"timeouts: {cloud_operation: 0s}\n", "timeouts.cloud_operation: must be positive"},

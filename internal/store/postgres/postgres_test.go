@@ -1,7 +1,6 @@
 package postgres_test
 
 import (
-	"context"
 	"testing"
 
 	"github.com/sandfleet/sandfleet/internal/store"
@@ -15,15 +14,7 @@ func TestStore(t *testing.T) {
 }
 
 func openBench(b *testing.B) store.Store {
-	s, err := postgres.Open(context.Background(), pgtest.NewDatabase(b))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { s.Close() })
-	if err := s.Migrate(context.Background()); err != nil {
-		b.Fatal(err)
-	}
-	return s
+	return storetest.BenchStore(b, pgtest.NewDatabase, postgres.Open)
 }
 
 func BenchmarkListMachines1000(b *testing.B) { storetest.BenchListMachines(b, openBench(b)) }

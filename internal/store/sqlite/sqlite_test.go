@@ -1,7 +1,6 @@
 package sqlite_test
 
 import (
-	"context"
 	"path/filepath"
 	"testing"
 
@@ -16,17 +15,7 @@ func TestStore(t *testing.T) {
 	storetest.Run(t, storetest.PerTest(newDB, sqlite.Open))
 }
 
-func openBench(b *testing.B) store.Store {
-	s, err := sqlite.Open(context.Background(), newDB(b))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { s.Close() })
-	if err := s.Migrate(context.Background()); err != nil {
-		b.Fatal(err)
-	}
-	return s
-}
+func openBench(b *testing.B) store.Store { return storetest.BenchStore(b, newDB, sqlite.Open) }
 
 func BenchmarkListMachines1000(b *testing.B) { storetest.BenchListMachines(b, openBench(b)) }
 

@@ -48,3 +48,17 @@ func BenchTransitionMachine(b *testing.B, s store.Store) {
 	}
 	b.ReportMetric(float64(s.Stats().RoundTrips-before)/float64(b.N), "roundtrips/op")
 }
+
+// BenchStore opens a migrated store on a fresh database for a benchmark,
+// closed when it ends.
+func BenchStore(b *testing.B, newDB func(testing.TB) string, openAt func(context.Context, string) (store.Store, error)) store.Store {
+	s, err := openAt(context.Background(), newDB(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	if err := s.Migrate(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return s
+}

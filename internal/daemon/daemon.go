@@ -39,6 +39,7 @@ type Daemon struct {
 	Fleet    *fleet.Fleet
 	API      *api.Server
 	emulator *azemu.Emulator
+	driver   *azure.Driver
 	listener net.Listener
 }
 
@@ -87,7 +88,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 		)
 		switch kind {
 		case "azure":
-			prov, err = d.azure(pools)
+			prov, err = d.azure()
 			if err != nil {
 				return nil, err
 			}
@@ -128,7 +129,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 
 // azure builds the Azure driver, starting the in-process emulator when no
 // subscription is configured.
-func (d *Daemon) azure(pools []config.Pool) (provider.Provider, error) {
+func (d *Daemon) azure() (provider.Provider, error) {
 	ac := d.cfg.Azure
 	opts := azure.Options{Logger: d.log, PollInterval: 2 * time.Second}
 	if ac.Emulated() {
@@ -157,7 +158,12 @@ func (d *Daemon) azure(pools []config.Pool) (provider.Provider, error) {
 	if ac.Credential == "emulator" {
 		opts.PollInterval = 200 * time.Millisecond
 	}
-	return azure.New(ac, opts)
+	drv, err := azure.New(ac, opts)
+	if err != nil {
+		return nil, err
+	}
+	d.driver = drv
+	return drv, nil
 }
 
 // nodeID names this node in leases: kept in the data directory, so that a
@@ -229,6 +235,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 func (d *Daemon) Close() {
 	if d.listener != nil {
 		d.listener.Close()
+	}
+	if d.driver != nil {
+		d.driver.Close() // before the emulator: its idle connections would hold it
 	}
 	if d.emulator != nil {
 		d.emulator.Close()

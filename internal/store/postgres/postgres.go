@@ -26,7 +26,8 @@ var dialect = sqlstore.Dialect{
 		var e *pgconn.PgError
 		return errors.As(err, &e) && e.Code == "23505"
 	},
-	Time: func(t time.Time) any { return t },
+	Time:       func(t time.Time) any { return t },
+	ClockQuery: `SELECT now()`,
 }
 
 // Open connects to the PostgreSQL database at url (postgres://… or

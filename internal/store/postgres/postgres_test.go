@@ -1,7 +1,9 @@
 package postgres_test
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/sandfleet/sandfleet/internal/store"
 	"github.com/sandfleet/sandfleet/internal/store/postgres"
@@ -20,3 +22,29 @@ func openBench(b *testing.B) store.Store {
 func BenchmarkListMachines1000(b *testing.B) { storetest.BenchListMachines(b, openBench(b)) }
 
 func BenchmarkTransitionMachine(b *testing.B) { storetest.BenchTransitionMachine(b, openBench(b)) }
+
+// Two nodes whose clocks disagree by an hour still agree on a lease: its
+// expiry is read from the database's clock, not the node's.
+func TestLeaseUsesTheDatabaseClock(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	node := func() store.Store {
+		s, err := postgres.Open(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		if err := s.Migrate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	a, b := node(), node()
+	b.(interface{ SetClock(func() time.Time) }).SetClock(func() time.Time { return time.Now().Add(time.Hour) })
+	if ok, err := a.TryLease(ctx, "reconciler/azure", "node-a", time.Minute); err != nil || !ok {
+		t.Fatalf("node a: %v, %v", ok, err)
+	}
+	if ok, err := b.TryLease(ctx, "reconciler/azure", "node-b", time.Minute); err != nil || ok {
+		t.Fatalf("node b, an hour ahead, took a lease a minute old: %v, %v", ok, err)
+	}
+}

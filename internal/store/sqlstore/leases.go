@@ -8,14 +8,20 @@ import (
 
 // TryLease takes or renews a lease in one statement: the upsert's WHERE lets
 // it through only for the same holder or an expired lease, so of two nodes
-// racing exactly one gets a row.
+// racing exactly one gets a row. Time is the database's where it has a clock
+// to read, so nodes with skewed clocks agree on expiry.
 func (s *Store) TryLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
 	if name == "" || holder == "" {
 		return false, fmt.Errorf("lease: empty name or holder")
 	}
-	now := s.stamp()
 	var got bool
 	err := s.write(ctx, func(c conn) error {
+		now := s.stamp()
+		if s.d.ClockQuery != "" {
+			if err := c.queryRow(ctx, s.d.ClockQuery).Scan(timeDest{&now}); err != nil {
+				return fmt.Errorf("read database clock: %w", err)
+			}
+		}
 		res, err := c.exec(ctx, `INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?)
 			ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
 			WHERE leases.holder = excluded.holder OR leases.expires_at < ?`,

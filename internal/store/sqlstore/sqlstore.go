@@ -41,6 +41,10 @@ type Dialect struct {
 	UniqueViolation func(error) bool
 	// Time turns a UTC time of microsecond precision into a query argument.
 	Time func(time.Time) any
+	// ClockQuery, when set, reads the database's clock. Leases are timed by
+	// it, so that nodes whose clocks disagree still agree on expiry; without
+	// it (SQLite: one machine, one clock) the process clock is used.
+	ClockQuery string
 }
 
 // Store implements store.Store over a *sql.DB.
@@ -155,6 +159,10 @@ func placeholders(rows, cols int) string {
 	one := "(" + strings.TrimSuffix(strings.Repeat("?, ", cols), ", ") + ")"
 	return strings.TrimSuffix(strings.Repeat(one+", ", rows), ", ")
 }
+
+// SetClock replaces the process clock; tests use it to play a node whose
+// clock is off.
+func (s *Store) SetClock(now func() time.Time) { s.now = now }
 
 // stamp returns now as stored: UTC, microsecond precision.
 func (s *Store) stamp() time.Time { return norm(s.now()) }

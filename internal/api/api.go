@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -53,6 +54,8 @@ func New(o Options) *Server {
 	s.handle("GET /apiv2/pools/list/", s.poolsList)
 	s.handle("GET /apiv2/fleet/check/", s.fleetCheck)
 	s.handle("GET /apiv2/operations/list/", s.operationsList)
+	s.handle("POST /apiv2/machines/quarantine/{name}/", s.quarantine)
+	s.handle("POST /apiv2/machines/release/{name}/", s.release)
 	s.mux.HandleFunc("/apiv2/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -70,7 +73,11 @@ func (s *Server) handle(pattern string, h http.HandlerFunc) {
 			fail(w, http.StatusUnauthorized, "authentication required: send Authorization: Token <key>")
 			return
 		}
-		h(w, r)
+		// Every request is bounded: an exhausted database pool must not hold
+		// clients forever (fleet/check/ sets its own, longer, bound).
+		ctx, cancel := context.WithTimeout(r.Context(), 90*time.Second)
+		defer cancel()
+		h(w, r.WithContext(ctx))
 	}
 	s.mux.HandleFunc(pattern, auth)
 	if trimmed := strings.TrimSuffix(pattern, "/"); trimmed != pattern {
@@ -137,7 +144,7 @@ func write(w http.ResponseWriter, code int, v any) {
 
 func (s *Server) internal(w http.ResponseWriter, r *http.Request, err error) {
 	s.log.Error("api", "path", r.URL.Path, "err", err)
-	fail(w, http.StatusServiceUnavailable, "database unavailable: "+err.Error())
+	fail(w, http.StatusServiceUnavailable, fmt.Sprintf("%s: %v", r.URL.Path, err))
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
@@ -223,6 +230,9 @@ func MachineJSON(m store.Machine) Machine {
 
 func (s *Server) machinesList(w http.ResponseWriter, r *http.Request) {
 	f := store.MachineFilter{Pool: r.URL.Query().Get("pool")}
+	if !s.knownPool(w, r, f.Pool) {
+		return
+	}
 	if st := r.URL.Query().Get("state"); st != "" {
 		if !validState(st) {
 			fail(w, http.StatusBadRequest, fmt.Sprintf("state: %q is not a machine state", st))
@@ -240,6 +250,24 @@ func (s *Server) machinesList(w http.ResponseWriter, r *http.Request) {
 		out = append(out, MachineJSON(m))
 	}
 	reply(w, out)
+}
+
+// knownPool answers 404 naming the pool when a filter names one that does not
+// exist, rather than an empty list that looks like an empty pool.
+func (s *Server) knownPool(w http.ResponseWriter, r *http.Request, pool string) bool {
+	if pool == "" {
+		return true
+	}
+	_, err := s.store.GetPool(r.Context(), pool)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		fail(w, http.StatusNotFound, fmt.Sprintf("pool: %q is not a pool", pool))
+		return false
+	case err != nil:
+		s.internal(w, r, err)
+		return false
+	}
+	return true
 }
 
 func validState(s string) bool {
@@ -302,7 +330,18 @@ type Operation struct {
 }
 
 func (s *Server) operationsList(w http.ResponseWriter, r *http.Request) {
-	f := store.OperationFilter{Pool: r.URL.Query().Get("pool"), Limit: 100, Unfinished: r.URL.Query().Get("unfinished") == "1"}
+	f := store.OperationFilter{Pool: r.URL.Query().Get("pool"), Limit: 100}
+	if v := r.URL.Query().Get("unfinished"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			fail(w, http.StatusBadRequest, fmt.Sprintf("unfinished: %q is not true or false", v))
+			return
+		}
+		f.Unfinished = b
+	}
+	if !s.knownPool(w, r, f.Pool) {
+		return
+	}
 	ops, err := s.store.ListOperations(r.Context(), f)
 	if err != nil {
 		s.internal(w, r, err)

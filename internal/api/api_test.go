@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,10 +17,11 @@ import (
 	"github.com/sandfleet/sandfleet/internal/config"
 	"github.com/sandfleet/sandfleet/internal/fleet"
 	"github.com/sandfleet/sandfleet/internal/provider/static"
+	"github.com/sandfleet/sandfleet/internal/store"
 	"github.com/sandfleet/sandfleet/internal/store/open"
 )
 
-func newServer(t *testing.T, tokens map[string]bool) (*httptest.Server, *fleet.Reconciler) {
+func newServer(t *testing.T, tokens map[string]bool) (*httptest.Server, store.Store) {
 	t.Helper()
 	ctx := context.Background()
 	st, err := open.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "api.db"))
@@ -39,7 +41,7 @@ func newServer(t *testing.T, tokens map[string]bool) (*httptest.Server, *fleet.R
 	}
 	srv := httptest.NewServer(api.New(api.Options{Store: st, Fleet: fleet.NewFleet(r), Tokens: tokens}))
 	t.Cleanup(srv.Close)
-	return srv, r
+	return srv, st
 }
 
 type envelope struct {
@@ -183,5 +185,97 @@ func TestMetrics(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q:\n%s", want, body)
 		}
+	}
+}
+
+func post(t *testing.T, url string, form url.Values) (int, envelope) {
+	t.Helper()
+	resp, err := http.PostForm(url, form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var env envelope
+	if err := json.NewDecoder(resp.Body).Decode(&env); err != nil {
+		t.Fatalf("POST %s: body is not the JSON envelope: %v", url, err)
+	}
+	return resp.StatusCode, env
+}
+
+// An operator quarantines a machine with a reason and releases it; released,
+// it is dirty (reimaged before use), never straight back to ready.
+func TestQuarantineAndRelease(t *testing.T) {
+	srv, st := newServer(t, nil)
+	code, env := post(t, srv.URL+"/apiv2/machines/quarantine/lab1/", url.Values{"reason": {"beaconing to 8.8.8.8"}})
+	var m api.Machine
+	if code != 200 || json.Unmarshal(env.Data, &m) != nil || m.State != "quarantined" || m.QuarantineReason == nil || *m.QuarantineReason != "beaconing to 8.8.8.8" {
+		t.Fatalf("quarantine: %d %s", code, env.Data)
+	}
+	if code, env = post(t, srv.URL+"/apiv2/machines/quarantine/lab1/", nil); code != 409 || !strings.Contains(env.ErrorValue, "quarantined") {
+		t.Fatalf("quarantine twice: %d %+v", code, env)
+	}
+	if code, _ = post(t, srv.URL+"/apiv2/machines/quarantine/nope/", nil); code != 404 {
+		t.Fatalf("quarantine of an unknown machine: %d", code)
+	}
+	if code, env = post(t, srv.URL+"/apiv2/machines/release/lab1/", nil); code != 200 || json.Unmarshal(env.Data, &m) != nil || m.State != "dirty" {
+		t.Fatalf("release: %d %s", code, env.Data)
+	}
+	if code, _ = post(t, srv.URL+"/apiv2/machines/release/lab1/", nil); code != 409 {
+		t.Fatalf("release of a machine not quarantined: %d", code)
+	}
+	evs, _ := st.MachineEvents(context.Background(), "lab1")
+	if last := evs[len(evs)-1]; last.From != store.Quarantined || last.To != store.Dirty {
+		t.Fatalf("last event %+v", last)
+	}
+}
+
+func TestFiltersNameBadInput(t *testing.T) {
+	srv, _ := newServer(t, nil)
+	for path, want := range map[string]string{
+		"/apiv2/machines/list/?pool=nosuch":          `pool: "nosuch" is not a pool`,
+		"/apiv2/operations/list/?pool=nosuch":        `pool: "nosuch" is not a pool`,
+		"/apiv2/operations/list/?unfinished=perhaps": `unfinished: "perhaps" is not true or false`,
+		"/apiv2/machines/list/?state=sleepy":         `state: "sleepy" is not a machine state`,
+		"/apiv2/no/such/thing/":                      "no such endpoint",
+	} {
+		code, env := get(t, srv.URL+path, "")
+		if code < 400 || code >= 500 || !env.Error || !strings.Contains(env.ErrorValue, want) {
+			t.Errorf("%s: %d %q, want a 4xx naming %q", path, code, env.ErrorValue, want)
+		}
+	}
+	if code, env := get(t, srv.URL+"/apiv2/machines/list/?pool=lab", ""); code != 200 || !strings.Contains(string(env.Data), "lab1") {
+		t.Errorf("pool filter: %d %s", code, env.Data)
+	}
+	if code, env := get(t, srv.URL+"/apiv2/operations/list/?unfinished=true", ""); code != 200 || string(env.Data) != "[]" {
+		t.Errorf("unfinished operations: %d %s", code, env.Data)
+	}
+}
+
+// check reports a row whose IP disagrees with the provider.
+func TestCheckReportsDrift(t *testing.T) {
+	srv, st := newServer(t, nil)
+	stale := "127.0.0.99"
+	if _, err := st.TransitionMachine(context.Background(), store.Transition{Label: "lab1", From: store.Ready, To: store.Ready, IP: &stale}); err != nil {
+		t.Fatal(err)
+	}
+	_, env := get(t, srv.URL+"/apiv2/fleet/check/", "")
+	var rep fleet.Report
+	json.Unmarshal(env.Data, &rep)
+	want := fleet.Mismatch{Label: "lab1", Field: "ip", DB: stale, Provider: "127.0.0.31"}
+	if rep.Consistent || len(rep.Pools[0].Mismatched) != 1 || rep.Pools[0].Mismatched[0] != want {
+		t.Fatalf("check = %+v, want %+v", rep, want)
+	}
+}
+
+func TestReadyz(t *testing.T) {
+	srv, _ := newServer(t, nil)
+	resp, err := http.Get(srv.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	// The test's fleet was passed by hand, never Run: not ready.
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("readyz before any run: %d", resp.StatusCode)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -184,6 +185,9 @@ func ParseSize(s string) (Size, error) {
 	if err != nil || f < 0 {
 		return 0, fmt.Errorf("invalid size %q (want e.g. 100MiB)", s)
 	}
+	if f*float64(mult) >= math.MaxInt64 {
+		return 0, fmt.Errorf("size %q is too large", s)
+	}
 	return Size(f * float64(mult)), nil
 }
 
@@ -254,7 +258,10 @@ func Load(path string) (*Config, error) {
 			return nil, fmt.Errorf("config %s: %w", path, err)
 		}
 	}
-	if len(cfg.Pools) == 0 {
+	// The demo pool only where it can do no harm: on the in-process emulator.
+	// A file that names a subscription and no pools fails validation instead
+	// of letting a demo pool loose in a real resource group.
+	if len(cfg.Pools) == 0 && cfg.Azure.Emulated() {
 		cfg.Pools = DefaultPools()
 	}
 	cfg.fillPoolDefaults()
@@ -287,6 +294,10 @@ func Decode(data []byte, cfg *Config) error {
 		}
 		return errors.New(strings.TrimPrefix(err.Error(), "yaml: "))
 	}
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("line %d: a second YAML document; the configuration is one document", more.Line)
+	}
 	return nil
 }
 
@@ -311,12 +322,14 @@ func (c *Config) Validate() error {
 		"timeouts.default": c.Timeouts.Default, "timeouts.critical": c.Timeouts.Critical,
 		"timeouts.vm_state": c.Timeouts.VMState, "timeouts.cloud_operation": c.Timeouts.CloudOperation,
 		"fleet.reconcile_interval": c.Fleet.ReconcileInterval,
-		"fleet.lease_ttl":          c.Fleet.LeaseTTL,
 		"azure.monitor_interval":   c.Azure.MonitorInterval,
 	} {
 		if d <= 0 {
 			bad(key, "must be positive (an unbounded wait is not allowed)")
 		}
+	}
+	if c.Fleet.LeaseTTL < time.Second {
+		bad("fleet.lease_ttl", "%s: must be at least 1s", c.Fleet.LeaseTTL)
 	}
 	if c.Scheduler.MaxMachines < 0 {
 		bad("scheduler.max_machines", "must be >= 0")
@@ -340,9 +353,15 @@ func (c *Config) Validate() error {
 	if c.Azure.ReimageBatchWindow < 0 {
 		bad("azure.reimage_batch_window", "must be >= 0")
 	}
-	if c.Azure.Overprovision < 0 {
-		bad("azure.overprovision", "must be >= 0")
+	for key, n := range map[string]int{
+		"azure.overprovision": c.Azure.Overprovision, "azure.scale_set_limit": c.Azure.ScaleSetLimit,
+		"azure.total_machines_limit": c.Azure.TotalMachinesLimit, "azure.quota_machine_exclusion": c.Azure.QuotaMachineExclusion,
+	} {
+		if n < 0 {
+			bad(key, "must be >= 0")
+		}
 	}
+	c.validateResultServer(bad)
 	if c.Guest.AgentPort < 1 || c.Guest.AgentPort > 65535 {
 		bad("guest.agent_port", "%d is not a port", c.Guest.AgentPort)
 	}
@@ -429,6 +448,36 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateResultServer checks where the result server listens and what
+// machines are told to report to.
+func (c *Config) validateResultServer(bad func(key, format string, args ...any)) {
+	host, port, err := net.SplitHostPort(c.ResultServer.Listen)
+	if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 {
+		bad("resultserver.listen", "%q is not host:port", c.ResultServer.Listen)
+		return
+	}
+	if c.ResultServer.AdvertiseIP != "" {
+		if net.ParseIP(c.ResultServer.AdvertiseIP) == nil {
+			bad("resultserver.advertise_ip", "%q is not an IP address", c.ResultServer.AdvertiseIP)
+		}
+		return
+	}
+	if ip := net.ParseIP(host); host == "" || ip == nil || ip.IsUnspecified() {
+		bad("resultserver.advertise_ip", "required when resultserver.listen (%s) is not one IP address", c.ResultServer.Listen)
+	}
+}
+
+// ResultServerAddr is the address machines report to: advertise_ip (or the
+// listen IP) and the listen port. Validate first.
+func (c *Config) ResultServerAddr() (string, int) {
+	host, port, _ := net.SplitHostPort(c.ResultServer.Listen)
+	n, _ := strconv.Atoi(port)
+	if c.ResultServer.AdvertiseIP != "" {
+		host = c.ResultServer.AdvertiseIP
+	}
+	return host, n
 }
 
 // IsLoopback reports whether a host:port listens only on loopback.

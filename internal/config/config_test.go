@@ -71,6 +71,13 @@ func TestValidationNamesTheKey(t *testing.T) {
 		{"timeouts: {cloud_operation: 0s}\n", "timeouts.cloud_operation: must be positive"},
 		{"azure: {credential: secret}\n", "azure.client_secret_file: required"},
 		{"azure: {credential: magic}\n", `azure.credential: "magic"`},
+		{"fleet: {lease_ttl: 1ns}\n", "fleet.lease_ttl: 1ns: must be at least 1s"},
+		{"azure: {scale_set_limit: -1}\n", "azure.scale_set_limit: must be >= 0"},
+		{"resultserver: {listen: nonsense}\n", `resultserver.listen: "nonsense" is not host:port`},
+		{"resultserver: {listen: 0.0.0.0:2042}\n", "resultserver.advertise_ip: required when resultserver.listen (0.0.0.0:2042)"},
+		{"resultserver: {listen: 127.0.0.1:99999}\n", "resultserver.listen"},
+		{"resultserver: {listen: 0.0.0.0:2042, advertise_ip: ten}\n", `resultserver.advertise_ip: "ten" is not an IP address`},
+		{"azure: {subscription_id: abc}\n", "pools: at least one pool is required"},
 	}
 	for _, tt := range tests {
 		cfg, err := load(t, tt.yaml)
@@ -81,6 +88,16 @@ func TestValidationNamesTheKey(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%q: Validate() = %v, want it to contain %q", tt.yaml, err, tt.want)
 		}
+	}
+}
+
+func TestResultServerAddr(t *testing.T) {
+	cfg, err := load(t, "resultserver: {listen: 0.0.0.0:2043, advertise_ip: 10.0.0.4}\n")
+	if err != nil || cfg.Validate() != nil {
+		t.Fatal(err, cfg.Validate())
+	}
+	if host, port := cfg.ResultServerAddr(); host != "10.0.0.4" || port != 2043 {
+		t.Fatalf("ResultServerAddr = %s, %d", host, port)
 	}
 }
 
@@ -103,6 +120,8 @@ func TestBadValuesAreDecodeErrors(t *testing.T) {
 		"guest: {upload_max_size: lots}\n",
 		"pools: {name: x}\n",
 		"scheduler: {max_machines: many}\n",
+		"guest: {upload_max_size: 99999999999999999999GiB}\n",
+		"listen: 127.0.0.1:1\n---\nlisten: 127.0.0.1:2\n",
 	} {
 		if _, err := load(t, y); err == nil || !strings.Contains(err.Error(), "line") {
 			t.Errorf("%q: err = %v, want a decode error naming a line", y, err)

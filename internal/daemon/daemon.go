@@ -28,9 +28,6 @@ import (
 	"github.com/sandfleet/sandfleet/internal/store/open"
 )
 
-// EmulatorSubscription is the subscription id used with the in-process emulator.
-const EmulatorSubscription = "00000000-0000-0000-0000-000000000000"
-
 // Daemon is a running sandfleet serve.
 type Daemon struct {
 	cfg      *config.Config
@@ -60,7 +57,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 			d.Close()
 		}
 	}()
-	st, err := open.Open(ctx, cfg.DatabaseURL())
+	// Bounded: a migration lock held by a hung node must not hang serve.
+	octx, cancel := context.WithTimeout(ctx, time.Minute)
+	st, err := open.Open(octx, cfg.DatabaseURL())
+	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)
 	}
@@ -76,7 +76,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	}
 	var recs []*fleet.Reconciler
 	agent := guest.NewClient(cfg.Guest.AgentPort, 3*time.Second)
-	rsHost, rsPort := resultServerAddr(cfg)
+	rsHost, rsPort := cfg.ResultServerAddr()
 	for _, kind := range []string{"azure", "static", "libvirt"} {
 		pools := byProvider[kind]
 		if len(pools) == 0 {
@@ -131,7 +131,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 // subscription is configured.
 func (d *Daemon) azure() (provider.Provider, error) {
 	ac := d.cfg.Azure
-	opts := azure.Options{Logger: d.log, PollInterval: 2 * time.Second}
+	opts := azure.Options{Logger: d.log, PollInterval: 2 * time.Second, MaxWait: d.cfg.Timeouts.CloudOperation}
 	if ac.Emulated() {
 		emu, err := azemu.New(azemu.Options{
 			Listen:           "127.0.0.1:0",
@@ -149,7 +149,6 @@ func (d *Daemon) azure() (provider.Provider, error) {
 		}
 		d.emulator = emu
 		d.log.Info("in-process Azure emulator started (no azure.subscription_id configured)", "url", emu.URL())
-		ac.SubscriptionID = EmulatorSubscription
 		ac.Endpoint = emu.URL()
 		ac.Credential = "emulator"
 		ac.CAFile = ""
@@ -186,26 +185,14 @@ func nodeID(dataDir string) (string, error) {
 	return id, nil
 }
 
-// resultServerAddr is what machines are told to report to.
-func resultServerAddr(cfg *config.Config) (string, int) {
-	host, port, err := net.SplitHostPort(cfg.ResultServer.Listen)
-	if err != nil {
-		return cfg.ResultServer.AdvertiseIP, 2042
-	}
-	if cfg.ResultServer.AdvertiseIP != "" {
-		host = cfg.ResultServer.AdvertiseIP
-	}
-	var p int
-	fmt.Sscan(port, &p)
-	return host, p
-}
-
 // Addr is the API's listening address.
 func (d *Daemon) Addr() string { return d.listener.Addr().String() }
 
 // Run serves until ctx ends, then shuts down gracefully.
 func (d *Daemon) Run(ctx context.Context) error {
-	srv := &http.Server{Handler: d.API, ReadHeaderTimeout: 10 * time.Second}
+	// fleet/check/ may take up to a minute; nothing else comes near.
+	srv := &http.Server{Handler: d.API, ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: time.Minute, WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
 	errc := make(chan error, 2)
 	go func() {
 		if err := srv.Serve(d.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -218,16 +205,20 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { done <- d.Fleet.Run(fctx) }()
 	d.log.Info("sandfleet serving", "listen", d.Addr(), "database", d.Store.Dialect())
 	var err error
+	fleetDone := false
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	case err = <-done:
+		fleetDone = true
 	}
 	shut, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shut)
 	stop()
-	<-done
+	if !fleetDone {
+		<-done
+	}
 	return err
 }
 

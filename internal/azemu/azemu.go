@@ -62,7 +62,7 @@ type Options struct {
 	AnalysisDuration string
 	// IPBlock overrides the loopback block VM IPs come from, such as
 	// "127.42.0.0/16". Empty: the block kept in the state, or on first start
-	// a random 127.X.0.0/16 with X in 16..250.
+	// a random 127.X.Y.0/19 (X in 16..250, Y a multiple of 32).
 	IPBlock string
 	// SubnetPrefix is the addressPrefix every subnet reports (default
 	// 10.0.0.0/22). It only feeds capacity arithmetic; NIC IPs come from IPBlock.

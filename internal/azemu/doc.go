@@ -55,8 +55,8 @@
 // Every VM that is provisioned, running, and not set down runs a CAPE
 // guest agent (agent.py v0.22: GET / and GET /status so far) on
 // <ip>:<AgentPort>. IPs come from a loopback block: Options.IPBlock, else the
-// one in the state, else on first start a random 127.X.0.0/16 with X in
-// 16..250. They are handed out in order from a cursor that wraps, never
+// one in the state, else on first start a random 127.X.Y.0/19 with X in
+// 16..250 and Y a multiple of 32. They are handed out in order from a cursor that wraps, never
 // 127.0.0.1 nor addresses ending in .0 or .255.
 //
 // # Admin endpoints

@@ -45,11 +45,13 @@ func parseIPBlock(s string) (netip.Prefix, error) {
 	return p, nil
 }
 
-// randomIPBlock picks 127.X.0.0/16 with X in 16..250, so that emulators
-// started side by side (parallel tests) rarely share a block.
+// randomIPBlock picks one of 1,880 blocks 127.X.Y.0/19 (X in 16..250, Y a
+// multiple of 32; 8,190 addresses each), so that emulators started side by
+// side (parallel tests in several processes) rarely share a block.
 func randomIPBlock() netip.Prefix {
 	x := byte(16 + rand.IntN(235))
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{127, x, 0, 0}), 16)
+	y := byte(32 * rand.IntN(8))
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{127, x, y, 0}), 19)
 }
 
 func newIPPool(p netip.Prefix, cursor uint32) *ipPool {

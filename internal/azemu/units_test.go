@@ -3,6 +3,7 @@ package azemu
 import (
 	"crypto/x509"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -94,12 +95,17 @@ func TestParseIPBlock(t *testing.T) {
 			t.Errorf("%q: %v %v, want %s", in, got, err, want)
 		}
 	}
+	seen := map[netip.Prefix]bool{}
 	for range 100 {
 		b := randomIPBlock()
-		x := b.Addr().As4()[1]
-		if b.Bits() != 16 || x < 16 || x > 250 {
+		a := b.Addr().As4()
+		if b.Bits() != 19 || a[1] < 16 || a[1] > 250 || a[2]%32 != 0 || a[3] != 0 {
 			t.Fatalf("random block %s", b)
 		}
+		seen[b] = true
+	}
+	if len(seen) < 90 {
+		t.Fatalf("100 random blocks had only %d distinct: parallel emulators would collide", len(seen))
 	}
 }
 

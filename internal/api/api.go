@@ -280,17 +280,25 @@ func validState(s string) bool {
 }
 
 func (s *Server) machinesView(w http.ResponseWriter, r *http.Request) {
+	if m, ok := s.machine(w, r); ok {
+		reply(w, MachineJSON(m))
+	}
+}
+
+// machine reads the machine the path names; on failure it has answered (404
+// naming it, or the error) and ok is false.
+func (s *Server) machine(w http.ResponseWriter, r *http.Request) (m store.Machine, ok bool) {
 	name := r.PathValue("name")
 	m, err := s.store.GetMachine(r.Context(), name)
 	if errors.Is(err, store.ErrNotFound) {
 		fail(w, http.StatusNotFound, fmt.Sprintf("machine %q not found", name))
-		return
+		return m, false
 	}
 	if err != nil {
 		s.internal(w, r, err)
-		return
+		return m, false
 	}
-	reply(w, MachineJSON(m))
+	return m, true
 }
 
 func (s *Server) poolsList(w http.ResponseWriter, r *http.Request) {

@@ -37,21 +37,16 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 // move applies one operator transition by compare-and-set from the state the
 // machine is in, if that is one of from.
 func (s *Server) move(w http.ResponseWriter, r *http.Request, from []store.MachineState, to store.MachineState, cause string, reason *string) {
-	name := r.PathValue("name")
-	m, err := s.store.GetMachine(r.Context(), name)
-	if errors.Is(err, store.ErrNotFound) {
-		fail(w, http.StatusNotFound, fmt.Sprintf("machine %q not found", name))
+	m, ok := s.machine(w, r)
+	if !ok {
 		return
 	}
-	if err != nil {
-		s.internal(w, r, err)
-		return
-	}
+	name := m.Label
 	if !slices.Contains(from, m.State) {
 		fail(w, http.StatusConflict, fmt.Sprintf("machine %q is %s; this needs it %v", name, m.State, from))
 		return
 	}
-	m, err = s.store.TransitionMachine(r.Context(), store.Transition{Label: name, From: m.State, Version: m.Version,
+	m, err := s.store.TransitionMachine(r.Context(), store.Transition{Label: name, From: m.State, Version: m.Version,
 		To: to, Cause: cause, QuarantineReason: reason})
 	if errors.Is(err, store.ErrStale) {
 		fail(w, http.StatusConflict, fmt.Sprintf("machine %q changed meanwhile; try again", name))

@@ -239,31 +239,28 @@ func (r *Reconciler) wait(ctx context.Context, pop provider.Op) error {
 func (r *Reconciler) outcome(ctx context.Context, op store.Operation, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	var from, to store.MachineState
-	var cause string
-	switch op.Kind {
-	case store.OpReimage:
-		r.reimaged(ctx, op, err)
-		return
-	case store.OpDelete:
-		if err != nil && !errors.Is(err, provider.ErrNotFound) {
-			return // still deleting; the table issues the delete again
+	var next func(label string) store.Transition
+	switch {
+	case op.Kind == store.OpReimage:
+		next = func(l string) store.Transition { return r.afterReimage(l, err) }
+	case op.Kind == store.OpDelete && (err == nil || errors.Is(err, provider.ErrNotFound)):
+		next = func(l string) store.Transition {
+			return store.Transition{Label: l, From: store.Deleting, To: store.Gone, Cause: "deleted"}
 		}
-		from, to, cause = store.Deleting, store.Gone, "deleted"
 	default:
-		return
+		return // group operations move no machine; a failed delete is issued again by the table
 	}
 	labels, lerr := r.labels(ctx, op)
 	if lerr != nil {
-		r.log.Error("operation outcome", "operation_id", op.ID, "err", lerr)
+		r.log.Error("operation outcome", "pool", op.Pool, "operation_id", op.ID, "err", lerr)
 		return
 	}
-	var ts []store.Transition
-	for _, l := range labels {
-		ts = append(ts, store.Transition{Label: l, From: from, To: to, Cause: cause})
+	ts := make([]store.Transition, len(labels))
+	for i, l := range labels {
+		ts[i] = next(l)
 	}
 	if err := r.move(ctx, op.Pool, ts); err != nil {
-		r.log.Error("operation outcome", "operation_id", op.ID, "err", err)
+		r.log.Error("operation outcome", "pool", op.Pool, "operation_id", op.ID, "err", err)
 	}
 }
 
@@ -271,36 +268,25 @@ func (r *Reconciler) outcome(ctx context.Context, op store.Operation, err error)
 // this many times in a row.
 const maxReimageFailures = 3
 
-// reimaged moves the machines of a finished reimage: to provisioning (ready
-// once the agent answers) on success; back to dirty on failure, or to
-// quarantine once it failed maxReimageFailures times in a row.
-func (r *Reconciler) reimaged(ctx context.Context, op store.Operation, err error) {
-	labels, lerr := r.labels(ctx, op)
-	if lerr != nil {
-		r.log.Error("operation outcome", "pool", op.Pool, "operation_id", op.ID, "err", lerr)
-		return
-	}
-	var ts []store.Transition
+// afterReimage is where a reimaged machine goes: provisioning (ready once the
+// agent answers) on success; back to dirty on failure, or to quarantine once
+// it failed maxReimageFailures times in a row.
+func (r *Reconciler) afterReimage(label string, err error) store.Transition {
+	t := store.Transition{Label: label, From: store.Reimaging, To: store.Provisioning, Cause: "reimaged"}
 	r.mu.Lock()
-	for _, l := range labels {
-		t := store.Transition{Label: l, From: store.Reimaging, To: store.Provisioning, Cause: "reimaged"}
-		if err == nil {
-			delete(r.reimageFailures, l)
-		} else {
-			r.reimageFailures[l]++
-			t.To, t.Cause = store.Dirty, "reimage failed: "+err.Error()
-			if n := r.reimageFailures[l]; n >= maxReimageFailures {
-				reason := fmt.Sprintf("reimage failed %d times in a row: %v", n, err)
-				t.To, t.Cause, t.QuarantineReason = store.Quarantined, reason, &reason
-				delete(r.reimageFailures, l)
-			}
-		}
-		ts = append(ts, t)
+	defer r.mu.Unlock()
+	if err == nil {
+		delete(r.reimageFailures, label)
+		return t
 	}
-	r.mu.Unlock()
-	if err := r.move(ctx, op.Pool, ts); err != nil {
-		r.log.Error("operation outcome", "pool", op.Pool, "operation_id", op.ID, "err", err)
+	r.reimageFailures[label]++
+	t.To, t.Cause = store.Dirty, "reimage failed: "+err.Error()
+	if n := r.reimageFailures[label]; n >= maxReimageFailures {
+		reason := fmt.Sprintf("reimage failed %d times in a row: %v", n, err)
+		t.To, t.Cause, t.QuarantineReason = store.Quarantined, reason, &reason
+		delete(r.reimageFailures, label)
 	}
+	return t
 }
 
 // labels maps an operation's instance ids to machine labels.

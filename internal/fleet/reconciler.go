@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strconv"
@@ -534,6 +535,10 @@ func (r *Reconciler) plan(p config.Pool, insts []provider.Instance, machines []s
 	out := make([]pair, 0, len(insts)+4)
 	matched := make(map[string]bool, len(insts))
 	now := time.Now()
+	r.mu.Lock() // one look at the operations in flight, not one per instance
+	owned := maps.Clone(r.inflight)
+	r.mu.Unlock()
+	busy := func(id string) bool { _, ok := owned[opKey(p.Name, id)]; return ok }
 	for i := range insts {
 		in := &insts[i]
 		m := byLabel[in.Name]
@@ -544,14 +549,14 @@ func (r *Reconciler) plan(p config.Pool, insts []provider.Instance, machines []s
 			overdue = p.Provider != "static" && r.o.ProvisionTimeout > 0 &&
 				m.State == store.Provisioning && now.Sub(m.StateChangedOn) > r.o.ProvisionTimeout
 		}
-		out = append(out, pair{inst: in, machine: m, action: decide(seen(in.State), state, r.busy(p.Name, in.ID), overdue)})
+		out = append(out, pair{inst: in, machine: m, action: decide(seen(in.State), state, busy(in.ID), overdue)})
 	}
 	for i := range machines {
 		m := &machines[i]
 		if matched[m.Label] || m.State == store.Gone {
 			continue
 		}
-		out = append(out, pair{machine: m, action: decide(SeenAbsent, m.State, r.busy(p.Name, m.InstanceID), false)})
+		out = append(out, pair{machine: m, action: decide(SeenAbsent, m.State, busy(m.InstanceID), false)})
 	}
 	return out
 }

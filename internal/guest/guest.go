@@ -30,11 +30,10 @@ type Client struct {
 // NewClient returns a client for agents listening on port, each call bounded by
 // timeout (a hung agent must not hold the caller).
 func NewClient(port int, timeout time.Duration) *Client {
+	// One short request per agent now and then: no connection worth keeping.
 	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: timeout}).DialContext,
-		MaxIdleConnsPerHost: 1,
-		IdleConnTimeout:     30 * time.Second,
-		DisableKeepAlives:   true,
+		DialContext:       (&net.Dialer{Timeout: timeout}).DialContext,
+		DisableKeepAlives: true,
 	}
 	return &Client{port: port, http: &http.Client{Transport: tr, Timeout: timeout}}
 }

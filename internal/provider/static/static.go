@@ -184,15 +184,17 @@ func (d *Driver) Reimage(ctx context.Context, name string, ids []string) (provid
 	return &resetOp{pool: p.Name, command: p.ResetCommand, machines: machines}, nil
 }
 
-// resetOp runs a reset command for each machine on the first Wait that lets it
-// finish; later Waits return the same result.
+// resetOp runs the reset command for each machine, in order, on its first
+// Wait; later Waits return that Wait's result. A reset that failed or was cut
+// short is never taken for done: the caller reimages again or quarantines.
 type resetOp struct {
 	pool     string
 	command  string
 	machines []config.StaticMachine
 
 	mu   sync.Mutex
-	next int // machines[:next] have been reset (or failed to)
+	done bool
+	err  error
 }
 
 func (o *resetOp) Token() string { return "" }
@@ -200,18 +202,20 @@ func (o *resetOp) Token() string { return "" }
 func (o *resetOp) Wait(ctx context.Context) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	for o.next < len(o.machines) {
-		m := o.machines[o.next]
+	if !o.done {
+		o.err, o.done = o.run(ctx), true
+	}
+	return o.err
+}
+
+func (o *resetOp) run(ctx context.Context) error {
+	for _, m := range o.machines {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("static pool %q: reset %s: %w", o.pool, m.Label, err)
 		}
 		if err := runReset(ctx, o.command, m); err != nil {
-			// A failed reset leaves the machine in an unknown state; the caller
-			// quarantines it, so do not try it again on a later Wait.
-			o.next++
 			return fmt.Errorf("static pool %q: reset %s: %w", o.pool, m.Label, err)
 		}
-		o.next++
 	}
 	return nil
 }

@@ -136,8 +136,10 @@ func TestReimageErrors(t *testing.T) {
 
 func TestReimageBoundedByContext(t *testing.T) {
 	// The child sleeps in its own process so that killing only the shell would
-	// leave the output pipe open; the process group kill must end it all.
-	d := static.New([]config.Pool{labPool("sleep 30 & wait")})
+	// leave it running with the output pipe open; the process group kill must
+	// end it too.
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	d := static.New([]config.Pool{labPool("sleep 30 & echo $! > " + pidFile + "; wait")})
 	op, err := d.Reimage(context.Background(), "lab", []string{"lab1"})
 	if err != nil {
 		t.Fatal(err)
@@ -152,6 +154,29 @@ func TestReimageBoundedByContext(t *testing.T) {
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("Wait took %s after a 200ms deadline", took)
 	}
+	pid, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatalf("the script did not record its child: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for running(strings.TrimSpace(string(pid))) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the reset command's child %s outlived the deadline", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// running reports whether process pid exists and is not a zombie.
+func running(pid string) bool {
+	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
 
 func TestUnsupportedWrapsContext(t *testing.T) {

@@ -757,18 +757,11 @@ func testRaceCompareAndSet(t *testing.T, open func(t *testing.T) store.Store) {
 		if r%2 == 1 {
 			tr = store.Transition{Label: label, From: store.Ready, Version: 1, To: store.Ready, IP: strp("10.0.0.9")}
 		}
-		var wg sync.WaitGroup
-		startGun := make(chan struct{})
 		results := make(chan error, racers)
-		for i := range racers {
-			wg.Go(func() {
-				<-startGun
-				_, err := nodes[i%2].TransitionMachine(ctx, tr)
-				results <- err
-			})
-		}
-		close(startGun)
-		wg.Wait()
+		race(racers, func(i int) {
+			_, err := nodes[i%2].TransitionMachine(ctx, tr)
+			results <- err
+		})
 		close(results)
 		wins := 0
 		for err := range results {
@@ -877,27 +870,35 @@ func testRaceLease(t *testing.T, open func(t *testing.T) store.Store) {
 	const rounds, racers = 30, 8
 	for r := range rounds {
 		name := fmt.Sprintf("lease%d", r)
-		var wg sync.WaitGroup
-		startGun := make(chan struct{})
 		wins := make(chan string, racers)
-		for i := range racers {
-			wg.Go(func() {
-				<-startGun
-				holder := fmt.Sprintf("node-%d", i)
-				got, err := nodes[i%2].TryLease(ctx, name, holder, time.Minute)
-				if err != nil {
-					t.Errorf("round %d: %v", r, err)
-				}
-				if got {
-					wins <- holder
-				}
-			})
-		}
-		close(startGun)
-		wg.Wait()
+		race(racers, func(i int) {
+			holder := fmt.Sprintf("node-%d", i)
+			got, err := nodes[i%2].TryLease(ctx, name, holder, time.Minute)
+			if err != nil {
+				t.Errorf("round %d: %v", r, err)
+			}
+			if got {
+				wins <- holder
+			}
+		})
 		close(wins)
 		if n := len(wins); n != 1 {
 			t.Fatalf("round %d: %d holders got the lease, want exactly 1", r, n)
 		}
 	}
+}
+
+// race runs fn(0) … fn(n-1) in goroutines released at the same instant, and
+// waits for them all.
+func race(n int, fn func(i int)) {
+	var wg sync.WaitGroup
+	startGun := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-startGun
+			fn(i)
+		})
+	}
+	close(startGun)
+	wg.Wait()
 }

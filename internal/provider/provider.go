@@ -29,6 +29,28 @@ var (
 	ErrPreempted = errors.New("operation preempted")
 )
 
+// PollError says an operation's status could not be read — a 5xx, a lost
+// connection, a request that timed out. It is not the operation's outcome:
+// the operation was accepted and may still be running, so the caller waits
+// again (after RetryAfter, when the provider named one) until the operation
+// reports an end or the caller's deadline passes.
+type PollError struct {
+	Err error
+	// RetryAfter is the provider's own hint; 0 leaves the pace to the caller.
+	RetryAfter time.Duration
+}
+
+func (e *PollError) Error() string { return "status unreadable, operation may still run: " + e.Err.Error() }
+
+func (e *PollError) Unwrap() error { return e.Err }
+
+// AsPollError returns the PollError in err's chain, if any.
+func AsPollError(err error) (*PollError, bool) {
+	var p *PollError
+	ok := errors.As(err, &p)
+	return p, ok
+}
+
 // ThrottledError says the provider refused a call for rate limiting; no call to
 // it should be made before RetryAfter has passed.
 type ThrottledError struct {
@@ -111,12 +133,40 @@ type Op interface {
 	// Token is the resume token; "" for operations that finished at once.
 	Token() string
 	// Wait blocks until the operation ends or ctx is done (callers always pass a
-	// deadline). It returns nil on success.
+	// deadline). It returns nil on success, the operation's failure when it
+	// reports one, and a *PollError or *ThrottledError when its status could
+	// not be read: then Wait may be called again.
 	Wait(ctx context.Context) error
+}
+
+// Capabilities say what a driver can do; the reconciler asks them instead of
+// knowing drivers by name. What a driver cannot do fails with ErrUnsupported.
+type Capabilities struct {
+	// CreateGroup: a pool's absent group is created (a scale set); without
+	// it groups exist on their own (a static pool).
+	CreateGroup bool
+	// DeleteGroup: a group no pool names any more is deleted.
+	DeleteGroup bool
+	// UpdateImage: a group's model follows the pool's image.
+	UpdateImage bool
+	// Capacity: SetCapacity resizes a group.
+	Capacity bool
+	// Delete: instances are deleted by id. A machine that must be replaced
+	// is deleted, and capacity brings a new one; without it the machine is
+	// quarantined with the reason for an operator.
+	Delete bool
+	// BatchReimage: one Reimage call carries many instances. Without it
+	// each machine is reimaged on its own, so one failing does not hold
+	// back the others.
+	BatchReimage bool
+	// Tokens: begun operations carry resume tokens that Resume accepts.
+	Tokens bool
 }
 
 // Provider is a platform driver. All methods are safe for concurrent use.
 type Provider interface {
+	// Capabilities says what this driver can do.
+	Capabilities() Capabilities
 	// ListGroups lists the groups in the provider's scope (the sandbox resource
 	// group), owned or not.
 	ListGroups(ctx context.Context) ([]Group, error)

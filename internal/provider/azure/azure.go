@@ -69,6 +69,9 @@ type Options struct {
 	// MaxWait bounds a Wait whose context has no deadline (SPEC: no wait is
 	// unbounded); default 300s, timeouts.cloud_operation's default.
 	MaxWait time.Duration
+	// RetryDelay is the SDK's first delay before retrying a 5xx or a lost
+	// connection (it doubles each retry); default the SDK's 800ms.
+	RetryDelay time.Duration
 }
 
 // Driver is the Azure VMSS provider. It is safe for concurrent use.
@@ -91,6 +94,12 @@ type Driver struct {
 }
 
 var _ provider.Provider = (*Driver)(nil)
+
+// Capabilities: a scale set does everything the reconciler asks of a group.
+func (d *Driver) Capabilities() provider.Capabilities {
+	return provider.Capabilities{CreateGroup: true, DeleteGroup: true, UpdateImage: true, Capacity: true,
+		Delete: true, BatchReimage: true, Tokens: true}
+}
 
 // New builds a driver from the azure section of the configuration. It reads the
 // credential files it needs and fails with the config key at fault; it makes no
@@ -141,6 +150,7 @@ func New(cfg config.Azure, opts Options) (*Driver, error) {
 					http.StatusRequestTimeout, http.StatusInternalServerError, http.StatusBadGateway,
 					http.StatusServiceUnavailable, http.StatusGatewayTimeout,
 				},
+				RetryDelay:    opts.RetryDelay,
 				MaxRetryDelay: 10 * time.Second,
 				// A backstop for calls made without a deadline.
 				TryTimeout: 2 * time.Minute,

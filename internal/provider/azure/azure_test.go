@@ -75,6 +75,7 @@ func newDriverOpts(t *testing.T, e *azemu.Emulator, opts azure.Options) *azure.D
 	t.Helper()
 	opts.CertPool = e.CertPool()
 	opts.PollInterval = 50 * time.Millisecond
+	opts.RetryDelay = 20 * time.Millisecond
 	opts.Logger = quiet
 	d, err := azure.New(azureConfig(e), opts)
 	if err != nil {
@@ -165,7 +166,7 @@ func TestConformance(t *testing.T) {
 		AltImage: "win10-gallery-image-v2",
 		Caps: providertest.Caps{
 			CreateGroup: true, DeleteGroup: true, UpdateImage: true,
-			Capacity: true, Delete: true, Tokens: true,
+			Capacity: true, Delete: true, BatchReimage: true, Tokens: true,
 		},
 		Timeout: 60 * time.Second,
 	})
@@ -281,6 +282,30 @@ func TestThrottleWhilePolling(t *testing.T) {
 	// The Op survives a throttle: waiting again finishes it.
 	if err := op.Wait(ctx); err != nil {
 		t.Fatalf("second Wait: %v", err)
+	}
+}
+
+// A poll answered 500 is not the operation failing: Wait says the status was
+// unreadable (a PollError), and the Op, waited on again once ARM answers,
+// reports the operation's real end.
+func TestPollErrorIsNotTheOutcome(t *testing.T) {
+	e := startEmulator(t, azemu.Options{LRODelay: 300 * time.Millisecond})
+	d := newDriver(t, e)
+	createGroup(t, d, spec.Name, 1)
+	op, err := d.Reimage(context.Background(), spec.Name, []string{"0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setFaults(t, e, `{"error_rate": 1}`)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = op.Wait(ctx)
+	if _, ok := provider.AsPollError(err); !ok {
+		t.Fatalf("Wait while every poll fails = %v, want a PollError", err)
+	}
+	setFaults(t, e, `{"error_rate": 0}`)
+	if err := op.Wait(ctx); err != nil {
+		t.Fatalf("Wait once polls answer again: %v, want the reimage's success", err)
 	}
 }
 

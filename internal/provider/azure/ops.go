@@ -177,8 +177,10 @@ func (o *lro[T]) Token() string { return o.token }
 func (o *lro[T]) name() string { return o.op }
 
 // Wait polls every PollInterval until the operation ends or ctx is done. A
-// throttle while polling returns a ThrottledError and leaves the Op usable: Wait
-// again after RetryAfter.
+// poll that fails — a throttle, a 5xx, a lost connection — is not the
+// operation's outcome: Wait returns a *provider.ThrottledError or
+// *provider.PollError and the Op stays usable, to be waited on again. Only
+// an end Azure reports (Succeeded, Failed, Canceled) is final.
 func (o *lro[T]) Wait(ctx context.Context) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -205,22 +207,52 @@ func (o *lro[T]) Wait(ctx context.Context) error {
 		timer.Reset(o.d.poll)
 	}
 	_, err := o.poller.Result(ctx)
-	if err != nil {
-		var re *azcore.ResponseError
-		if !errors.As(err, &re) || re.StatusCode == http.StatusTooManyRequests || ctx.Err() != nil {
-			// Not the operation's outcome: reading it failed; Wait again later.
-			return mapErr(o.op, err)
-		}
-		err = mapErr(o.op, err)
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", o.op, ctx.Err())
 	}
+	if err != nil && unreadable(err) {
+		// Reading the outcome failed, not the operation: Wait again later.
+		return transient(o.op, err)
+	}
+	err = mapErr(o.op, err)
 	o.done, o.err = true, err
 	o.d.log.Info("operation finished", "op", o.op, "took", time.Since(start).Round(time.Millisecond), "err", err)
 	return err
 }
 
+// unreadable reports whether err says the request failed rather than the
+// operation: no HTTP answer at all (a refused or dropped connection, a
+// request timeout), or one that ARM gives when it could not serve the
+// request (408, 429, 5xx). A terminal failure arrives as a status document
+// Azure answered with 200, and is none of these.
+func unreadable(err error) bool {
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) {
+		return true
+	}
+	return re.StatusCode == http.StatusRequestTimeout || re.StatusCode == http.StatusTooManyRequests ||
+		re.StatusCode >= 500
+}
+
+// transient wraps an error from reading an operation's status: a throttle
+// stays a *provider.ThrottledError (callers pause every call for it); any
+// other becomes a *provider.PollError carrying ARM's Retry-After if it sent one.
+func transient(op string, err error) error {
+	mapped := mapErr(op, err)
+	if _, ok := provider.AsThrottled(mapped); ok {
+		return mapped
+	}
+	pe := &provider.PollError{Err: mapped}
+	var re *azcore.ResponseError
+	if errors.As(err, &re) && re.RawResponse != nil && re.RawResponse.Header.Get("Retry-After") != "" {
+		pe.RetryAfter = retryAfter(re.RawResponse)
+	}
+	return pe
+}
+
 // pollErr maps an error from polling. The operation's status URL answering
 // 404 means the provider no longer knows the operation: whoever holds the token
-// must re-derive from the resources themselves.
+// must re-derive from the resources themselves. Anything else is transient.
 func (o *lro[T]) pollErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s: %w", o.op, ctx.Err())
@@ -232,7 +264,7 @@ func (o *lro[T]) pollErr(ctx context.Context, err error) error {
 		o.err = fmt.Errorf("%s: operation unknown to Azure: %w (%v)", o.op, provider.ErrTokenRejected, mapErr("poll", err))
 		return o.err
 	}
-	return mapErr(o.op, err)
+	return transient(o.op, err)
 }
 
 // Resume re-attaches to an operation from its token. A token that does not

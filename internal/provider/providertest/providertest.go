@@ -21,18 +21,10 @@ import (
 	"github.com/sandfleet/sandfleet/internal/provider"
 )
 
-// Caps says what a driver supports. A false capability is tested to fail with
-// provider.ErrUnsupported.
-type Caps struct {
-	CreateGroup bool // CreateGroup makes a new group
-	DeleteGroup bool // DeleteGroup removes one
-	UpdateImage bool // UpdateGroupImage re-points a group's model
-	Capacity    bool // SetCapacity, conditional on the group's ETag
-	Delete      bool // Delete removes instances by id
-	// Tokens: begun operations carry resume tokens that Resume accepts. When
-	// false, Resume must reject every token.
-	Tokens bool
-}
+// Caps says what a driver supports: the harness states it, the suite checks
+// that the driver declares the same (Provider.Capabilities) and that every
+// capability it lacks fails with provider.ErrUnsupported.
+type Caps = provider.Capabilities
 
 // Env is one fresh provider and the ways to reach behind its back.
 type Env struct {
@@ -73,6 +65,7 @@ func Run(t *testing.T, h Harness) {
 		name string
 		fn   func(*testing.T, *suite)
 	}{
+		{"Capabilities", testCapabilities},
 		{"ListGroups", testListGroups},
 		{"GetGroup", testGetGroup},
 		{"CreateGroupThenListInstances", testCreateThenList},
@@ -527,6 +520,13 @@ func testUpdateImage(t *testing.T, s *suite) {
 	}
 	if !strings.HasSuffix(g.Image, s.h.AltImage) {
 		t.Errorf("group image after update = %q, want it to name %q", g.Image, s.h.AltImage)
+	}
+}
+
+func testCapabilities(t *testing.T, s *suite) {
+	s.setup(t)
+	if got := s.p().Capabilities(); got != s.h.Caps {
+		t.Fatalf("driver declares %+v, harness expects %+v", got, s.h.Caps)
 	}
 }
 

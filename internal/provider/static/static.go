@@ -29,6 +29,9 @@ type Driver struct {
 
 var _ provider.Provider = (*Driver)(nil)
 
+// Capabilities: static machines are only listed and reset, each on its own.
+func (d *Driver) Capabilities() provider.Capabilities { return provider.Capabilities{} }
+
 // New returns a driver for the pools whose provider is "static"; other pools
 // are ignored.
 func New(pools []config.Pool) *Driver {

@@ -40,7 +40,9 @@ type PollError struct {
 	RetryAfter time.Duration
 }
 
-func (e *PollError) Error() string { return "status unreadable, operation may still run: " + e.Err.Error() }
+func (e *PollError) Error() string {
+	return "status unreadable, operation may still run: " + e.Err.Error()
+}
 
 func (e *PollError) Unwrap() error { return e.Err }
 

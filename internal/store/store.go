@@ -76,8 +76,12 @@ type Machine struct {
 	StateChangedOn   time.Time
 	LockedChangedOn  time.Time // last time State entered or left Leased; zero if never
 	QuarantineReason string
-	Version          int64 // bumped by every change; compare-and-set key
-	CreatedAt        time.Time
+	// Failures counts the operations on this machine (reimages, deletes)
+	// that failed in a row since the last one that succeeded. Leaving
+	// quarantine clears it: an operator vouched for the machine.
+	Failures  int
+	Version   int64 // bumped by every change; compare-and-set key
+	CreatedAt time.Time
 }
 
 // Locked is CAPE's locked flag: true while a task holds the machine.
@@ -102,7 +106,18 @@ type Transition struct {
 	// Optional field changes applied in the same statement.
 	IP               *string
 	QuarantineReason *string // set on entering Quarantined; cleared on leaving it if nil
+	Failures         FailureCount
 }
+
+// FailureCount is what a transition does to Machine.Failures.
+type FailureCount int
+
+// What a transition does to the failure count.
+const (
+	KeepFailures  FailureCount = iota // leave it
+	AddFailure                        // an operation on the machine failed
+	ClearFailures                     // an operation on the machine succeeded
+)
 
 // MachineEvent records one state transition.
 type MachineEvent struct {

@@ -18,7 +18,7 @@ const maxParams = 9000
 // machineColumns are the machines table's columns, in machineDest's order.
 var machineColumns = []string{"id", "name", "label", "pool", "instance_id", "arch", "ip", "platform",
 	"interface", "snapshot", "resultserver_ip", "resultserver_port", "reserved", "state",
-	"state_changed_on", "locked_changed_on", "quarantine_reason", "version", "created_at"}
+	"state_changed_on", "locked_changed_on", "quarantine_reason", "failures", "version", "created_at"}
 
 var (
 	// machineReturning ends in a ? for tagSep.
@@ -32,7 +32,7 @@ var (
 func machineDest(m *store.Machine) []any {
 	return []any{&m.ID, &m.Name, &m.Label, &m.Pool, &m.InstanceID, &m.Arch, &m.IP, &m.Platform,
 		&m.Interface, &m.Snapshot, &m.ResultServerIP, &m.ResultServerPort, &m.Reserved, &m.State,
-		timeDest{&m.StateChangedOn}, timeDest{&m.LockedChangedOn}, &m.QuarantineReason, &m.Version,
+		timeDest{&m.StateChangedOn}, timeDest{&m.LockedChangedOn}, &m.QuarantineReason, &m.Failures, &m.Version,
 		timeDest{&m.CreatedAt}, tagsDest{&m.Tags}}
 }
 
@@ -40,7 +40,7 @@ func machineDest(m *store.Machine) []any {
 func (s *Store) machineArgs(m *store.Machine) []any {
 	return []any{m.Name, m.Label, m.Pool, m.InstanceID, m.Arch, m.IP, m.Platform, m.Interface,
 		m.Snapshot, m.ResultServerIP, m.ResultServerPort, m.Reserved, m.State,
-		s.timeArg(m.StateChangedOn), s.timeArg(m.LockedChangedOn), m.QuarantineReason, m.Version,
+		s.timeArg(m.StateChangedOn), s.timeArg(m.LockedChangedOn), m.QuarantineReason, m.Failures, m.Version,
 		s.timeArg(m.CreatedAt)}
 }
 
@@ -287,12 +287,19 @@ func (s *Store) transition(ctx context.Context, c conn, t store.Transition, now 
 		set = append(set, `ip = ?`)
 		args = append(args, *t.IP)
 	}
+	leavesQuarantine := t.From == store.Quarantined && t.To != store.Quarantined
 	switch {
 	case t.QuarantineReason != nil:
 		set = append(set, `quarantine_reason = ?`)
 		args = append(args, *t.QuarantineReason)
-	case t.From == store.Quarantined && t.To != store.Quarantined:
+	case leavesQuarantine:
 		set = append(set, `quarantine_reason = ''`)
+	}
+	switch {
+	case t.Failures == store.AddFailure:
+		set = append(set, `failures = failures + 1`)
+	case t.Failures == store.ClearFailures || leavesQuarantine:
+		set = append(set, `failures = 0`)
 	}
 	q := `UPDATE machines SET ` + strings.Join(set, `, `) + ` WHERE label = ? AND state = ?`
 	args = append(args, t.Label, t.From)

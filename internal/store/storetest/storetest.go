@@ -351,6 +351,17 @@ func testTransition(t *testing.T, open func(t *testing.T) store.Store) {
 	s := migrated(t, open)
 	quarantined := machine("", "p", store.Quarantined)
 	quarantined.QuarantineReason = "agent down"
+	quarantined.Failures = 3
+	failing := machine("", "p", store.Reimaging)
+	failing.Failures = 2
+	failures := func(want int) func(t *testing.T, _, after store.Machine) {
+		return func(t *testing.T, _, after store.Machine) {
+			t.Helper()
+			if after.Failures != want {
+				t.Errorf("Failures = %d, want %d", after.Failures, want)
+			}
+		}
+	}
 
 	tests := []struct {
 		name  string
@@ -400,6 +411,20 @@ func testTransition(t *testing.T, open func(t *testing.T) store.Store) {
 					t.Errorf("QuarantineReason = %q", after.QuarantineReason)
 				}
 			}},
+		{name: "a failure counts", start: failing,
+			tr:    store.Transition{From: store.Reimaging, To: store.Dirty, Failures: store.AddFailure},
+			event: true, check: failures(3)},
+		{name: "a success clears failures", start: failing,
+			tr:    store.Transition{From: store.Reimaging, To: store.Provisioning, Failures: store.ClearFailures},
+			event: true, check: failures(0)},
+		{name: "failures kept unless told", start: failing,
+			tr:    store.Transition{From: store.Reimaging, To: store.Dirty},
+			event: true, check: failures(2)},
+		{name: "a failure without a state change", start: machine("", "p", store.Deleting),
+			tr: store.Transition{From: store.Deleting, To: store.Deleting, Failures: store.AddFailure}, check: failures(1)},
+		{name: "leaving quarantine clears failures", start: quarantined,
+			tr:    store.Transition{From: store.Quarantined, To: store.Dirty, Cause: "operator release"},
+			event: true, check: failures(0)},
 		{name: "IP only", start: machine("", "p", store.Ready),
 			tr: store.Transition{From: store.Ready, To: store.Ready, Version: 1, IP: strp("10.9.9.9")},
 			check: func(t *testing.T, before, after store.Machine) {

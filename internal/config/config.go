@@ -70,6 +70,8 @@ type Fleet struct {
 	// LeaseTTL: with several nodes on one database, one reconciles each
 	// provider under a lease; a dead leader's pools wait this long.
 	LeaseTTL time.Duration `yaml:"lease_ttl"`
+	// HealthInterval: how often a ready machine's guest agent is probed.
+	HealthInterval time.Duration `yaml:"health_interval"`
 }
 
 // Azure configures the Azure VMSS provider. An empty SubscriptionID selects the
@@ -208,7 +210,7 @@ func Default() *Config {
 			VMState:        300 * time.Second,
 			CloudOperation: 300 * time.Second,
 		},
-		Fleet: Fleet{ReconcileInterval: 30 * time.Second, LeaseTTL: 15 * time.Second},
+		Fleet: Fleet{ReconcileInterval: 30 * time.Second, LeaseTTL: 15 * time.Second, HealthInterval: 30 * time.Second},
 		Azure: Azure{
 			Endpoint:                 "https://management.azure.com",
 			Credential:               "default",

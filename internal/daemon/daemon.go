@@ -94,14 +94,15 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 			}
 			waitForAgent = cfg.Azure.WaitForAgentBeforeReady
 		case "static":
-			prov = static.New(pools)
+			// A static machine is ready only while its agent answers, as any other.
+			prov, waitForAgent = static.New(pools), true
 		default:
 			return nil, fmt.Errorf("pools: provider %s is not available in this build", kind)
 		}
 		recs = append(recs, fleet.New(fleet.Options{
 			Store: st, Provider: prov, Pools: pools,
 			Interval: cfg.Fleet.ReconcileInterval, OpTimeout: cfg.Timeouts.CloudOperation,
-			WaitForAgent: waitForAgent, Agent: agent,
+			WaitForAgent: waitForAgent, Agent: agent, HealthInterval: cfg.Fleet.HealthInterval,
 			ReimageWindow: cfg.Azure.ReimageBatchWindow, ProvisionTimeout: cfg.Timeouts.VMState, MaxConcurrentOps: cfg.Azure.MaxConcurrentOperations,
 			AdoptExisting: cfg.Azure.AdoptExisting, MultipleDeployments: cfg.Azure.MultipleDeployments,
 			Orphans: kind == "azure",

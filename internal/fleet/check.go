@@ -61,7 +61,7 @@ func (r *Reconciler) Check(ctx context.Context) ([]PoolReport, error) {
 			insts, err = nil, nil
 		}
 		if err != nil {
-			r.throttle(err)
+			r.noteThrottle(err)
 			rep.Unknown, rep.Reason = true, "provider cannot be read: "+err.Error()
 			rep.DBMachines = countLive(machines)
 			out = append(out, rep)
@@ -156,8 +156,8 @@ func (r *Reconciler) Status(ctx context.Context) ([]PoolStatus, error) {
 		if st.Tags == nil {
 			st.Tags = []string{}
 		}
-		if p.Provider == "static" {
-			st.Desired = len(p.Machines)
+		if !r.caps.Capacity {
+			st.Desired = len(p.Machines) // the configuration's list is the pool
 		}
 		for _, m := range machines {
 			if m.State != store.Gone {

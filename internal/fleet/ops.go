@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/sandfleet/sandfleet/internal/provider"
@@ -13,8 +16,20 @@ import (
 // Every provider operation goes through here: intent journaled, machines
 // moved, operation begun, resume token stored — each its own short
 // transaction — and only then a wait, outside any transaction, in its own
-// goroutine. When it ends the journal and the machines are updated and a pass
-// is triggered.
+// goroutine. When the operation reports its end (or its journaled deadline
+// passes) the journal and the machines are updated and a pass is triggered.
+//
+// The journal is the operation's history: attempt counts how often the same
+// intent was issued, and each machine counts its failed operations in a row
+// (store.Machine.Failures), so neither a restart nor a new leader resets them.
+
+// maxFailures quarantines a machine once this many operations on it (a
+// reimage, a reset, a delete) failed in a row.
+const maxFailures = 3
+
+// lastLook bounds the one poll a resumed operation gets when its journaled
+// deadline has passed while no one was waiting on it.
+const lastLook = 5 * time.Second
 
 type opOption func(*store.Operation)
 
@@ -23,74 +38,49 @@ func withCapacity(n int) opOption { return func(op *store.Operation) { op.Capaci
 // startGroupOp begins an operation on a whole group unless one is in flight.
 func (r *Reconciler) startGroupOp(ctx context.Context, pool string, kind store.OpKind,
 	begin func(context.Context) (provider.Op, error), opts ...opOption) {
-	if r.groupBusy(pool) {
+	if r.ops.owned(pool, "") {
 		return
 	}
 	r.startOp(ctx, store.Operation{Pool: pool, Kind: kind}, nil, begin, opts...)
 }
 
 // startInstanceOp begins an operation on instances, moving their machines
-// with pre first; instances already owned by an operation are left out.
+// with pre first, unless an operation in flight owns one of them already.
 func (r *Reconciler) startInstanceOp(ctx context.Context, pool string, kind store.OpKind, ids []string,
 	pre []store.Transition, begin func(context.Context) (provider.Op, error)) {
-	for _, id := range ids {
-		if r.busy(pool, id) {
-			return // a previous operation still owns one; the next pass retries
-		}
+	if r.ops.anyOwned(pool, ids) {
+		return // the next pass decides again
 	}
 	r.startOp(ctx, store.Operation{Pool: pool, Kind: kind, InstanceIDs: ids}, pre, begin)
 }
 
-func (r *Reconciler) keys(op store.Operation) []string {
-	if len(op.InstanceIDs) == 0 {
-		return []string{opKey(op.Pool, "")}
-	}
-	keys := make([]string, len(op.InstanceIDs))
-	for i, id := range op.InstanceIDs {
-		keys[i] = opKey(op.Pool, id)
-	}
-	return keys
-}
-
-func (r *Reconciler) claim(op store.Operation) {
-	r.mu.Lock()
-	for _, k := range r.keys(op) {
-		r.inflight[k] = op.ID
-	}
-	r.mu.Unlock()
-}
-
-func (r *Reconciler) unclaim(op store.Operation) {
-	r.mu.Lock()
-	for _, k := range r.keys(op) {
-		if r.inflight[k] == op.ID {
-			delete(r.inflight, k)
-		}
-	}
-	r.mu.Unlock()
-}
-
 func (r *Reconciler) startOp(ctx context.Context, op store.Operation, pre []store.Transition,
 	begin func(context.Context) (provider.Op, error), opts ...opOption) {
-	if !r.acquire() {
-		return // at the concurrency cap; a finishing operation triggers a pass
+	if throttled, _ := r.Throttled(); throttled || !r.ops.acquire() {
+		return // a finishing operation, or the window's end, triggers a pass
 	}
-	op.Attempt = 1
 	op.Deadline = time.Now().Add(r.o.OpTimeout)
 	for _, o := range opts {
 		o(&op)
 	}
+	attempt, err := r.attempt(ctx, op)
+	if err != nil {
+		r.ops.release()
+		r.log.Error("read journal", "pool", op.Pool, "kind", op.Kind, "err", err)
+		return
+	}
+	op.Attempt = attempt
 	jop, err := r.o.Store.CreateOperation(ctx, op)
 	if err != nil {
-		r.release()
+		r.ops.release()
 		r.log.Error("journal operation", "pool", op.Pool, "kind", op.Kind, "err", err)
 		return
 	}
-	log := r.log.With("pool", jop.Pool, "operation_id", jop.ID, "kind", jop.Kind, "instance_ids", jop.InstanceIDs)
-	r.claim(jop)
+	log := r.opLog(jop)
+	r.ops.claim(jop)
 	if len(pre) > 0 {
 		res, err := r.o.Store.TransitionMachines(ctx, pre)
-		if err == nil && slicesAnyNil(res) {
+		if err == nil && slices.Contains(res, nil) {
 			err = store.ErrStale
 		}
 		if err != nil {
@@ -103,10 +93,12 @@ func (r *Reconciler) startOp(ctx context.Context, op store.Operation, pre []stor
 	}
 	pop, err := begin(ctx)
 	if err != nil {
-		r.throttle(err)
+		// Refused, so nothing runs in the cloud: not a failure of the
+		// machines. The journal keeps it; the next pass issues it again.
+		r.noteThrottle(err)
 		log.Warn("operation not issued", "err", err)
-		r.undo(ctx, jop, pre, nil, "operation failed to start: "+err.Error())
-		r.finish(jop, store.OpFailed, err.Error())
+		r.undo(ctx, jop, pre, nil, "operation not issued: "+err.Error())
+		r.finish(jop, store.OpFailed, "not issued: "+err.Error())
 		return
 	}
 	if err := r.storeToken(ctx, jop.ID, pop.Token()); err != nil {
@@ -114,8 +106,43 @@ func (r *Reconciler) startOp(ctx context.Context, op store.Operation, pre []stor
 		// restart re-derives it from the provider's state.
 		log.Error("store resume token", "err", err)
 	}
-	log.Info("operation issued", "resumable", pop.Token() != "")
+	log.Info("operation issued", "resumable", pop.Token() != "", "deadline", jop.Deadline.UTC().Format(time.RFC3339))
 	r.await(jop, pop)
+}
+
+// opLog is the logger of one operation: every line names it (SPEC §1.8).
+func (r *Reconciler) opLog(op store.Operation) *slog.Logger {
+	return r.log.With("pool", op.Pool, "operation_id", op.ID, "kind", op.Kind, "instance_ids", op.InstanceIDs,
+		"attempt", op.Attempt)
+}
+
+// attempt is 1 + how often the same intent was issued before without
+// succeeding: for each instance (or the group) the unbroken run of failed or
+// abandoned operations of this kind, back to the last one that succeeded.
+func (r *Reconciler) attempt(ctx context.Context, op store.Operation) (int, error) {
+	past, err := r.o.Store.ListOperations(ctx, store.OperationFilter{Pool: op.Pool, Limit: 100})
+	if err != nil {
+		return 0, err
+	}
+	targets := op.InstanceIDs
+	if len(targets) == 0 {
+		targets = []string{""}
+	}
+	most := 0
+	for _, id := range targets {
+		n := 0
+		for _, p := range past { // newest first
+			if p.Kind != op.Kind || (id != "" && !slices.Contains(p.InstanceIDs, id)) || !p.State.Final() {
+				continue
+			}
+			if p.State == store.OpSucceeded {
+				break
+			}
+			n++
+		}
+		most = max(most, n)
+	}
+	return most + 1, nil
 }
 
 // storeToken records a resume token. The operation is issued by now, so a
@@ -137,15 +164,6 @@ func (r *Reconciler) storeToken(ctx context.Context, id int64, token string) err
 	}
 }
 
-func slicesAnyNil(ms []*store.Machine) bool {
-	for _, m := range ms {
-		if m == nil {
-			return true
-		}
-	}
-	return false
-}
-
 // undo moves machines that pre moved back to where they were.
 func (r *Reconciler) undo(ctx context.Context, op store.Operation, pre []store.Transition, landed []*store.Machine, cause string) {
 	var back []store.Transition
@@ -159,150 +177,190 @@ func (r *Reconciler) undo(ctx context.Context, op store.Operation, pre []store.T
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		if err := r.move(ctx, op.Pool, back); err != nil {
-			r.log.Error("undo transitions", "pool", op.Pool, "operation_id", op.ID, "instance_ids", op.InstanceIDs, "err", err)
+			r.opLog(op).Error("undo transitions", "err", err)
 		}
 	}
 }
 
 // finish records an operation's end and releases its claim and slot.
 func (r *Reconciler) finish(op store.Operation, state store.OpState, msg string) {
-	r.mu.Lock()
-	base := r.base
-	r.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(base), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.term()), 30*time.Second)
 	defer cancel()
 	if err := r.o.Store.FinishOperation(ctx, op.ID, state, msg); err != nil && !errors.Is(err, store.ErrStale) {
-		r.log.Error("finish operation", "operation_id", op.ID, "err", err)
+		r.opLog(op).Error("finish operation", "err", err)
 	}
-	r.unclaim(op)
-	r.release()
+	r.ops.unclaim(op)
+	r.ops.release()
 	r.Trigger()
 }
 
-// await waits for an issued operation in the background, bounded by its
-// deadline, then applies its outcome.
+// await waits for an issued operation in the background, then applies its
+// outcome. If the term ends first (shutdown, leadership lost) the operation
+// stays unfinished in the journal, and whoever leads next resumes it from its
+// token.
 func (r *Reconciler) await(op store.Operation, pop provider.Op) {
-	r.opsWG.Add(1)
-	go func() {
-		defer r.opsWG.Done()
-		r.mu.Lock()
-		base := r.base
-		r.mu.Unlock()
-		deadline := op.Deadline
-		if time.Until(deadline) < time.Second {
-			deadline = time.Now().Add(r.o.OpTimeout)
-		}
-		ctx, cancel := context.WithDeadline(base, deadline)
-		err := r.wait(ctx, pop)
-		cancel()
+	base := r.term()
+	r.opsWG.Go(func() {
+		err := r.wait(base, op, pop)
 		if base.Err() != nil {
-			// Shutting down: leave it unfinished in the journal; the next start
-			// resumes it from its token.
-			r.unclaim(op)
-			r.release()
+			r.ops.unclaim(op)
+			r.ops.release()
 			return
 		}
-		log := r.log.With("pool", op.Pool, "operation_id", op.ID, "kind", op.Kind, "instance_ids", op.InstanceIDs)
+		log := r.opLog(op)
 		state, msg := store.OpSucceeded, ""
-		if err != nil {
+		switch {
+		case errors.Is(err, provider.ErrTokenRejected):
+			state, msg = store.OpAbandoned, err.Error()+"; re-derived from provider state"
+			log.Warn("operation unknown to the provider; re-deriving", "err", err)
+		case err != nil:
 			state, msg = store.OpFailed, err.Error()
-			r.throttle(err)
 			log.Warn("operation failed", "err", err)
-		} else {
+		default:
 			log.Info("operation succeeded")
 		}
 		r.outcome(context.WithoutCancel(base), op, err)
 		r.finish(op, state, msg)
-	}()
+	})
 }
 
-// wait waits for an operation, sitting out throttled polls: the operation
-// goes on in the cloud, so a 429 while polling is a reason to poll later, not
-// a failure (failing it would reimage or delete twice).
-func (r *Reconciler) wait(ctx context.Context, pop provider.Op) error {
+// wait waits for an operation to report its end, until its journaled
+// deadline — kept across restarts, never renewed. A status that cannot be
+// read is not an end: the operation was accepted and goes on in the cloud,
+// so a throttled poll is sat out for its Retry-After and any other failed
+// poll (a 5xx, a lost connection, a timeout) is retried with backoff.
+// Failing it instead would issue it again, and count a failure against
+// machines whose operation succeeded.
+func (r *Reconciler) wait(base context.Context, op store.Operation, pop provider.Op) error {
+	deadline := op.Deadline
+	if deadline.IsZero() {
+		deadline = time.Now().Add(r.o.OpTimeout)
+	}
+	if time.Until(deadline) < lastLook {
+		// Resumed after its deadline: one look at how it ended.
+		deadline = time.Now().Add(lastLook)
+	}
+	ctx, cancel := context.WithDeadline(base, deadline)
+	defer cancel()
+	backoff, unreadable := time.Second, 0
+	var last error
 	for {
 		err := pop.Wait(ctx)
-		t, ok := provider.AsThrottled(err)
-		if !ok || ctx.Err() != nil {
+		switch {
+		case err == nil || base.Err() != nil:
 			return err
+		case ctx.Err() != nil:
+			return deadlineErr(op, deadline, last)
 		}
-		r.throttle(err)
+		pause := time.Duration(0)
+		if t, ok := provider.AsThrottled(err); ok {
+			r.noteThrottle(err)
+			pause = t.RetryAfter
+		} else if p, ok := provider.AsPollError(err); ok {
+			pause = p.RetryAfter
+			if pause == 0 {
+				pause = backoff/2 + rand.N(backoff/2+1)
+				backoff = min(2*backoff, 30*time.Second)
+			}
+		} else {
+			return err // the operation's own end
+		}
+		last, unreadable = err, unreadable+1
+		if unreadable == 1 || unreadable%10 == 0 {
+			r.opLog(op).Warn("operation status unreadable; polling again, it is not taken for failed",
+				"err", err, "failed_polls", unreadable, "retry_in", pause)
+		}
 		select {
-		case <-time.After(t.RetryAfter):
+		case <-time.After(pause):
 		case <-ctx.Done():
-			return ctx.Err()
+			if base.Err() != nil {
+				return base.Err()
+			}
+			return deadlineErr(op, deadline, last)
 		}
 	}
+}
+
+func deadlineErr(op store.Operation, deadline time.Time, last error) error {
+	msg := fmt.Sprintf("%s: no outcome by its deadline %s", op.Kind, deadline.UTC().Format(time.RFC3339))
+	if last != nil {
+		return fmt.Errorf("%s (last poll: %w)", msg, last)
+	}
+	return fmt.Errorf("%s: %w", msg, context.DeadlineExceeded)
 }
 
 // outcome moves the machines an operation owned according to how it ended.
+// Group operations move no machine.
 func (r *Reconciler) outcome(ctx context.Context, op store.Operation, err error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var next func(label string) store.Transition
-	switch {
-	case op.Kind == store.OpReimage:
-		next = func(l string) store.Transition { return r.afterReimage(l, err) }
-	case op.Kind == store.OpDelete && (err == nil || errors.Is(err, provider.ErrNotFound)):
-		next = func(l string) store.Transition {
-			return store.Transition{Label: l, From: store.Deleting, To: store.Gone, Cause: "deleted"}
-		}
-	default:
-		return // group operations move no machine; a failed delete is issued again by the table
-	}
-	labels, lerr := r.labels(ctx, op)
-	if lerr != nil {
-		r.log.Error("operation outcome", "pool", op.Pool, "operation_id", op.ID, "err", lerr)
+	if op.Kind != store.OpReimage && op.Kind != store.OpDelete {
 		return
 	}
-	ts := make([]store.Transition, len(labels))
-	for i, l := range labels {
-		ts[i] = next(l)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ms, lerr := r.machinesOf(ctx, op)
+	if lerr != nil {
+		r.opLog(op).Error("operation outcome", "err", lerr)
+		return
+	}
+	var ts []store.Transition
+	for _, m := range ms {
+		if t, ok := after(op.Kind, m, err); ok {
+			ts = append(ts, t)
+		}
 	}
 	if err := r.move(ctx, op.Pool, ts); err != nil {
-		r.log.Error("operation outcome", "pool", op.Pool, "operation_id", op.ID, "err", err)
+		r.opLog(op).Error("operation outcome", "err", err)
 	}
 }
 
-// maxReimageFailures quarantines a machine whose reimage (or reset) failed
-// this many times in a row.
-const maxReimageFailures = 3
-
-// afterReimage is where a reimaged machine goes: provisioning (ready once the
-// agent answers) on success; back to dirty on failure, or to quarantine once
-// it failed maxReimageFailures times in a row.
-func (r *Reconciler) afterReimage(label string, err error) store.Transition {
-	t := store.Transition{Label: label, From: store.Reimaging, To: store.Provisioning, Cause: "reimaged"}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if err == nil {
-		delete(r.reimageFailures, label)
-		return t
+// after is where a machine goes once its operation ended with err:
+//
+//	reimage  succeeded → provisioning (ready once the agent answers)
+//	         failed    → dirty, to be reimaged again; quarantined at maxFailures in a row
+//	         unknown to the provider → dirty, not counted against the machine
+//	delete   succeeded, or the instance is not found → gone
+//	         failed    → stays deleting (the table deletes again); quarantined at maxFailures
+func after(kind store.OpKind, m store.Machine, err error) (store.Transition, bool) {
+	from := store.Reimaging
+	if kind == store.OpDelete {
+		from = store.Deleting
 	}
-	r.reimageFailures[label]++
-	t.To, t.Cause = store.Dirty, "reimage failed: "+err.Error()
-	if n := r.reimageFailures[label]; n >= maxReimageFailures {
-		reason := fmt.Sprintf("reimage failed %d times in a row: %v", n, err)
-		t.To, t.Cause, t.QuarantineReason = store.Quarantined, reason, &reason
-		delete(r.reimageFailures, label)
+	if m.State != from {
+		return store.Transition{}, false // moved meanwhile (gone, say): not ours any more
 	}
-	return t
+	t := store.Transition{Label: m.Label, From: from, Version: m.Version}
+	switch {
+	case kind == store.OpReimage && err == nil:
+		t.To, t.Cause, t.Failures = store.Provisioning, "reimaged", store.ClearFailures
+	case kind == store.OpDelete && (err == nil || errors.Is(err, provider.ErrNotFound)):
+		t.To, t.Cause, t.Failures = store.Gone, "deleted", store.ClearFailures
+	case errors.Is(err, provider.ErrTokenRejected) && kind == store.OpDelete:
+		return store.Transition{}, false // still deleting: the table deletes again
+	case errors.Is(err, provider.ErrTokenRejected):
+		t.To, t.Cause = store.Dirty, "reimage lost by the provider; reimaging again"
+	default:
+		t.To, t.Cause, t.Failures = store.Dirty, fmt.Sprintf("%s failed: %v", kind, err), store.AddFailure
+		if kind == store.OpDelete {
+			t.To = store.Deleting
+		}
+		if n := m.Failures + 1; n >= maxFailures {
+			reason := fmt.Sprintf("%s failed %d times in a row: %v", kind, n, err)
+			t.To, t.Cause, t.QuarantineReason = store.Quarantined, reason, &reason
+		}
+	}
+	return t, true
 }
 
-// labels maps an operation's instance ids to machine labels.
-func (r *Reconciler) labels(ctx context.Context, op store.Operation) ([]string, error) {
+// machinesOf reads the machines an operation's instances belong to.
+func (r *Reconciler) machinesOf(ctx context.Context, op store.Operation) ([]store.Machine, error) {
 	ms, err := r.o.Store.ListMachines(ctx, store.MachineFilter{Pool: op.Pool})
 	if err != nil {
 		return nil, err
 	}
-	want := map[string]bool{}
-	for _, id := range op.InstanceIDs {
-		want[id] = true
-	}
-	var out []string
+	out := ms[:0]
 	for _, m := range ms {
-		if want[m.InstanceID] && m.State != store.Gone {
-			out = append(out, m.Label)
+		if slices.Contains(op.InstanceIDs, m.InstanceID) {
+			out = append(out, m)
 		}
 	}
 	return out, nil
@@ -312,6 +370,7 @@ func (r *Reconciler) labels(ctx context.Context, op store.Operation) ([]string, 
 // One without a token, or whose token the provider rejects, is abandoned: the
 // table re-derives what to do from the provider's current state (a lost
 // reimage is reimaged again; a lost create is found, or not, by the next list).
+// A resumed operation keeps its journaled deadline.
 func (r *Reconciler) resume(ctx context.Context) error {
 	ops, err := r.o.Store.ListOperations(ctx, store.OperationFilter{Unfinished: true})
 	if err != nil {
@@ -335,7 +394,7 @@ func (r *Reconciler) resume(ctx context.Context) error {
 		if !mine {
 			continue
 		}
-		log := r.log.With("pool", op.Pool, "operation_id", op.ID, "kind", op.Kind, "instance_ids", op.InstanceIDs)
+		log := r.opLog(op)
 		if op.ResumeToken == "" {
 			log.Warn("unfinished operation has no resume token; re-deriving from the provider")
 			r.abandon(ctx, op, "no resume token: re-derived from provider state")
@@ -347,11 +406,9 @@ func (r *Reconciler) resume(ctx context.Context) error {
 			r.abandon(ctx, op, "resume failed: "+err.Error()+"; re-derived from provider state")
 			continue
 		}
-		log.Info("operation resumed")
-		r.mu.Lock()
-		r.active++ // resumed operations run even above the cap: they are already issued
-		r.mu.Unlock()
-		r.claim(op)
+		log.Info("operation resumed", "deadline", op.Deadline.UTC().Format(time.RFC3339))
+		r.ops.force()
+		r.ops.claim(op)
 		r.await(op, pop)
 	}
 	return nil
@@ -359,23 +416,6 @@ func (r *Reconciler) resume(ctx context.Context) error {
 
 func (r *Reconciler) abandon(ctx context.Context, op store.Operation, msg string) {
 	if err := r.o.Store.FinishOperation(ctx, op.ID, store.OpAbandoned, msg); err != nil && !errors.Is(err, store.ErrStale) {
-		r.log.Error("abandon operation", "operation_id", op.ID, "err", err)
+		r.opLog(op).Error("abandon operation", "err", err)
 	}
-}
-
-// acquire takes an operation slot if one is free.
-func (r *Reconciler) acquire() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.active >= r.o.MaxConcurrentOps || time.Now().Before(r.throttledUntil) {
-		return false
-	}
-	r.active++
-	return true
-}
-
-func (r *Reconciler) release() {
-	r.mu.Lock()
-	r.active--
-	r.mu.Unlock()
 }

@@ -6,35 +6,81 @@ import (
 )
 
 // Seen is what the provider's latest list says of one instance.
-type Seen string
+type Seen int
 
-// What the provider can say of an instance.
+// What the provider can say of an instance: the table's columns.
 const (
-	SeenAbsent   Seen = "absent"   // not in the list
-	SeenCreating Seen = "creating" // being created
-	SeenRunning  Seen = "running"  // provisioned and running
-	SeenBusy     Seen = "busy"     // an operation is in progress on it (update, reimage)
-	SeenDeleting Seen = "deleting" // being deleted: as good as absent, but not gone yet
-	SeenFailed   Seen = "failed"   // provisioning failed: delete it
-	SeenStopped  Seen = "stopped"  // deallocated, stopped or evicted
+	Absent   Seen = iota // not in the list
+	Creating             // being created
+	Running              // provisioned and running
+	Busy                 // an operation is in progress on it (update, reimage)
+	Deleting             // being deleted: as good as absent, but not gone yet
+	Failed               // provisioning failed: it still takes capacity
+	Stopped              // deallocated, stopped or evicted
+	nSeen
 )
+
+var seenNames = [nSeen]string{"absent", "creating", "running", "busy", "deleting", "failed", "stopped"}
+
+func (s Seen) String() string {
+	if s < 0 || s >= nSeen {
+		return "seen?"
+	}
+	return seenNames[s]
+}
 
 // seen maps a provider instance state to a Seen.
 func seen(s provider.InstanceState) Seen {
 	switch s {
 	case provider.InstanceCreating:
-		return SeenCreating
+		return Creating
 	case provider.InstanceRunning:
-		return SeenRunning
+		return Running
 	case provider.InstanceFailed:
-		return SeenFailed
+		return Failed
 	case provider.InstanceStopped:
-		return SeenStopped
+		return Stopped
 	case provider.InstanceDeleting:
-		return SeenDeleting
+		return Deleting
 	default:
-		return SeenBusy
+		return Busy
 	}
+}
+
+// Cond is what else the reconciler knows of a machine, besides the
+// provider's view and the machine's state.
+type Cond int
+
+// Conditions. When several hold, the first listed wins: an operation in
+// flight owns its machines whatever their agents do.
+const (
+	Quiet    Cond = iota // nothing else
+	InFlight             // an operation this node awaits owns the instance; it moves the machine when it ends
+	// AgentOverdue: the machine's guest agent does not answer when it
+	// should — a provisioning machine's for longer than timeouts.vm_state,
+	// a ready machine's to its health probes. Other states never have it.
+	AgentOverdue
+	nCond
+)
+
+var condNames = [nCond]string{"quiet", "in-flight", "agent-overdue"}
+
+func (c Cond) String() string {
+	if c < 0 || c >= nCond {
+		return "cond?"
+	}
+	return condNames[c]
+}
+
+// condOf derives a machine's Cond from what the reconciler knows.
+func condOf(inFlight, agentOverdue bool) Cond {
+	switch {
+	case inFlight:
+		return InFlight
+	case agentOverdue:
+		return AgentOverdue
+	}
+	return Quiet
 }
 
 // Action is what the reconciler does about one (instance, machine) pair.
@@ -43,110 +89,99 @@ type Action string
 // Actions. Each is idempotent: run twice, or after a crash halfway, it ends in
 // the same place.
 const (
-	Keep       Action = "keep"      // nothing to do (or an operation in flight owns it)
-	Register   Action = "register"  // insert the machine as provisioning
-	Revive     Action = "revive"    // gone → provisioning: the instance is back
-	Probe      Action = "probe"     // ask the agent; provisioning → ready when it answers
-	Unready    Action = "unready"   // ready → provisioning: the instance is not running
-	Refresh    Action = "refresh"   // update a changed IP
-	MarkGone   Action = "mark-gone" // the instance vanished
-	Reimage    Action = "reimage"   // dirty → reimaging, batched
-	Redo       Action = "redo"      // its operation was lost: reimaging → dirty
-	DeleteInst Action = "delete"    // → deleting, and delete the instance
+	Keep     Action = "keep"      // nothing to do (or an operation in flight owns it)
+	Register Action = "register"  // insert the machine as provisioning
+	Revive   Action = "revive"    // gone → dirty: the instance is back, its history unknown
+	Probe    Action = "probe"     // ask the agent; provisioning → ready when it answers
+	Unready  Action = "unready"   // ready → provisioning: the instance is not running, or its agent went silent
+	Refresh  Action = "refresh"   // update a changed IP
+	MarkGone Action = "mark-gone" // the instance vanished
+	Reimage  Action = "reimage"   // dirty → reimaging, batched
+	Redo     Action = "redo"      // its reimage was lost: reimaging → dirty, to be reimaged again
+	Delete   Action = "delete"    // → deleting, and delete the instance (it failed, or our delete was lost)
+	// Replace: the machine's agent never answered. A provider that deletes
+	// instances deletes it (capacity brings a new one); otherwise it is
+	// quarantined with the reason, for an operator.
+	Replace Action = "replace"
+	// Anomaly: a pair that should never happen. Logged once, left alone.
+	Anomaly Action = "anomaly"
 )
 
 // none stands for "no machine row" in the table.
 const none store.MachineState = ""
 
-type cell struct {
-	seen  Seen
+// tableStates are the table's machine states, "no row" first.
+var tableStates = append([]store.MachineState{none}, store.MachineStates...)
+
+type row struct {
 	state store.MachineState
+	cond  Cond
 }
 
-// table is the whole per-machine policy: provider view × database state →
-// action. A pair missing from the table is Keep. Machines whose operation is in
-// flight are not looked up at all (they are Keep) — see decide.
-var table = map[cell]Action{
-	// The instance is gone from the provider: whatever the row said, it is gone.
-	{SeenAbsent, store.Provisioning}: MarkGone,
-	{SeenAbsent, store.Ready}:        MarkGone,
-	{SeenAbsent, store.Leased}:       MarkGone,
-	{SeenAbsent, store.Dirty}:        MarkGone,
-	{SeenAbsent, store.Reimaging}:    MarkGone,
-	{SeenAbsent, store.Deleting}:     MarkGone,
-	{SeenAbsent, store.Quarantined}:  MarkGone,
+// table is the whole per-machine policy: machine state × condition ×
+// provider view → action. Every cell is written out; table_test.go fails on
+// a missing one.
+var table = map[row][nSeen]Action{
+	// No row yet: a new instance is registered, never usable before its agent
+	// answers; one someone is deleting is never registered; a failed one is
+	// deleted. An operation never owns an instance without a row.
+	{none, Quiet}:        {Absent: Anomaly, Creating: Register, Running: Register, Busy: Register, Deleting: Keep, Failed: Delete, Stopped: Register},
+	{none, InFlight}:     {Absent: Anomaly, Creating: Anomaly, Running: Anomaly, Busy: Anomaly, Deleting: Anomaly, Failed: Anomaly, Stopped: Anomaly},
+	{none, AgentOverdue}: {Absent: Anomaly, Creating: Anomaly, Running: Anomaly, Busy: Anomaly, Deleting: Anomaly, Failed: Anomaly, Stopped: Anomaly},
 
-	// New instances are registered, never usable before their agent answers.
-	{SeenCreating, none}: Register,
-	{SeenRunning, none}:  Register,
-	{SeenBusy, none}:     Register,
-	{SeenStopped, none}:  Register,
-	{SeenFailed, none}:   DeleteInst,
+	// Readiness comes only from the agent; one that never answers is replaced.
+	{store.Provisioning, Quiet}:        {Absent: MarkGone, Creating: Keep, Running: Probe, Busy: Keep, Deleting: MarkGone, Failed: Delete, Stopped: Keep},
+	{store.Provisioning, InFlight}:     {Absent: MarkGone, Creating: Keep, Running: Keep, Busy: Keep, Deleting: Keep, Failed: Keep, Stopped: Keep},
+	{store.Provisioning, AgentOverdue}: {Absent: MarkGone, Creating: Replace, Running: Replace, Busy: Replace, Deleting: MarkGone, Failed: Delete, Stopped: Replace},
 
-	// An instance we had marked gone came back (same label): after a bad read,
-	// or a static machine put back in the configuration. What it did meanwhile
-	// is unknown, so it is reimaged before use.
-	{SeenCreating, store.Gone}: Revive,
-	{SeenRunning, store.Gone}:  Revive,
-	{SeenBusy, store.Gone}:     Revive,
-	{SeenStopped, store.Gone}:  Revive,
-	{SeenFailed, store.Gone}:   DeleteInst,
+	// Ready means running with an answering agent, and nothing less.
+	{store.Ready, Quiet}:        {Absent: MarkGone, Creating: Unready, Running: Refresh, Busy: Unready, Deleting: MarkGone, Failed: Delete, Stopped: Unready},
+	{store.Ready, InFlight}:     {Absent: MarkGone, Creating: Keep, Running: Keep, Busy: Keep, Deleting: Keep, Failed: Keep, Stopped: Keep},
+	{store.Ready, AgentOverdue}: {Absent: MarkGone, Creating: Unready, Running: Unready, Busy: Unready, Deleting: MarkGone, Failed: Delete, Stopped: Unready},
 
-	{SeenRunning, store.Provisioning}: Probe,
-	{SeenFailed, store.Provisioning}:  DeleteInst,
+	// A leased machine is its task's, even if the instance misbehaves: the
+	// analysis finds out and releases it. Only its disappearance is ours.
+	{store.Leased, Quiet}:        {Absent: MarkGone, Creating: Keep, Running: Refresh, Busy: Keep, Deleting: MarkGone, Failed: Keep, Stopped: Keep},
+	{store.Leased, InFlight}:     {Absent: MarkGone, Creating: Keep, Running: Keep, Busy: Keep, Deleting: Keep, Failed: Keep, Stopped: Keep},
+	{store.Leased, AgentOverdue}: {Absent: Anomaly, Creating: Anomaly, Running: Anomaly, Busy: Anomaly, Deleting: Anomaly, Failed: Anomaly, Stopped: Anomaly},
 
-	// Someone else is deleting it: as good as gone, unless it is our delete.
-	{SeenDeleting, store.Provisioning}: MarkGone,
-	{SeenDeleting, store.Ready}:        MarkGone,
-	{SeenDeleting, store.Leased}:       MarkGone,
-	{SeenDeleting, store.Dirty}:        MarkGone,
-	{SeenDeleting, store.Reimaging}:    MarkGone,
-	{SeenDeleting, store.Quarantined}:  MarkGone,
+	// A used machine is reimaged before anyone gets it again.
+	{store.Dirty, Quiet}:        {Absent: MarkGone, Creating: Keep, Running: Reimage, Busy: Keep, Deleting: MarkGone, Failed: Delete, Stopped: Reimage},
+	{store.Dirty, InFlight}:     {Absent: MarkGone, Creating: Keep, Running: Keep, Busy: Keep, Deleting: Keep, Failed: Keep, Stopped: Keep},
+	{store.Dirty, AgentOverdue}: {Absent: Anomaly, Creating: Anomaly, Running: Anomaly, Busy: Anomaly, Deleting: Anomaly, Failed: Anomaly, Stopped: Anomaly},
 
-	{SeenRunning, store.Ready}:  Refresh,
-	{SeenCreating, store.Ready}: Unready,
-	{SeenBusy, store.Ready}:     Unready,
-	{SeenStopped, store.Ready}:  Unready,
-	{SeenFailed, store.Ready}:   DeleteInst,
+	// Reimaging with no operation in flight: it was lost in a crash or
+	// abandoned. Reimage is idempotent, so it is done again — unless the
+	// cloud is still busy with it. In flight, the operation finishes the move.
+	{store.Reimaging, Quiet}:        {Absent: MarkGone, Creating: Redo, Running: Redo, Busy: Keep, Deleting: MarkGone, Failed: Delete, Stopped: Redo},
+	{store.Reimaging, InFlight}:     {Absent: Keep, Creating: Keep, Running: Keep, Busy: Keep, Deleting: Keep, Failed: Keep, Stopped: Keep},
+	{store.Reimaging, AgentOverdue}: {Absent: Anomaly, Creating: Anomaly, Running: Anomaly, Busy: Anomaly, Deleting: Anomaly, Failed: Anomaly, Stopped: Anomaly},
 
-	{SeenRunning, store.Leased}: Refresh,
+	// Deleting with no operation in flight: the delete was lost; delete again.
+	{store.Deleting, Quiet}:        {Absent: MarkGone, Creating: Delete, Running: Delete, Busy: Keep, Deleting: Keep, Failed: Delete, Stopped: Delete},
+	{store.Deleting, InFlight}:     {Absent: Keep, Creating: Keep, Running: Keep, Busy: Keep, Deleting: Keep, Failed: Keep, Stopped: Keep},
+	{store.Deleting, AgentOverdue}: {Absent: Anomaly, Creating: Anomaly, Running: Anomaly, Busy: Anomaly, Deleting: Anomaly, Failed: Anomaly, Stopped: Anomaly},
 
-	{SeenRunning, store.Dirty}: Reimage,
-	{SeenStopped, store.Dirty}: Reimage,
-	{SeenFailed, store.Dirty}:  DeleteInst,
+	// Quarantine holds, whatever the instance does, until an operator
+	// releases the machine (→ dirty) or the instance vanishes.
+	{store.Quarantined, Quiet}:        {Absent: MarkGone, Creating: Keep, Running: Keep, Busy: Keep, Deleting: MarkGone, Failed: Keep, Stopped: Keep},
+	{store.Quarantined, InFlight}:     {Absent: MarkGone, Creating: Keep, Running: Keep, Busy: Keep, Deleting: Keep, Failed: Keep, Stopped: Keep},
+	{store.Quarantined, AgentOverdue}: {Absent: Anomaly, Creating: Anomaly, Running: Anomaly, Busy: Anomaly, Deleting: Anomaly, Failed: Anomaly, Stopped: Anomaly},
 
-	// No operation in flight for these (decide checks): it was lost in a crash
-	// or abandoned. Reimage is idempotent, so do it again; delete likewise.
-	{SeenRunning, store.Reimaging}:  Redo,
-	{SeenStopped, store.Reimaging}:  Redo,
-	{SeenCreating, store.Reimaging}: Redo,
-	{SeenFailed, store.Reimaging}:   DeleteInst,
-	{SeenRunning, store.Deleting}:   DeleteInst,
-	{SeenStopped, store.Deleting}:   DeleteInst,
-	{SeenFailed, store.Deleting}:    DeleteInst,
-	{SeenCreating, store.Deleting}:  DeleteInst,
-
-	{SeenFailed, store.Quarantined}: DeleteInst,
+	// An instance we had marked gone came back (same label): after a bad
+	// read, or a static machine put back in the configuration. What it did
+	// meanwhile is unknown, so it is reimaged before use.
+	{store.Gone, Quiet}:        {Absent: Keep, Creating: Revive, Running: Revive, Busy: Revive, Deleting: Keep, Failed: Delete, Stopped: Revive},
+	{store.Gone, InFlight}:     {Absent: Keep, Creating: Keep, Running: Keep, Busy: Keep, Deleting: Keep, Failed: Keep, Stopped: Keep},
+	{store.Gone, AgentOverdue}: {Absent: Anomaly, Creating: Anomaly, Running: Anomaly, Busy: Anomaly, Deleting: Anomaly, Failed: Anomaly, Stopped: Anomaly},
 }
 
-// decide returns the action for one pair. inFlight says an operation this
-// process is waiting on owns the instance: it will move the machine itself.
-// overdue says a provisioning machine has waited longer than its deadline for
-// its agent: the instance is replaced.
-func decide(s Seen, state store.MachineState, inFlight, overdue bool) Action {
-	if inFlight && s != SeenAbsent {
-		return Keep
+// decide looks up the action for one pair. A cell missing from the table
+// (table_test.go makes sure there is none) is an anomaly, never a default.
+func decide(s Seen, state store.MachineState, c Cond) Action {
+	cells, ok := table[row{state, c}]
+	if !ok || s < 0 || s >= nSeen || cells[s] == "" {
+		return Anomaly
 	}
-	if overdue && state == store.Provisioning && s != SeenAbsent && s != SeenDeleting {
-		return DeleteInst
-	}
-	if inFlight && s == SeenAbsent && (state == store.Deleting || state == store.Reimaging) {
-		// A delete in flight makes the instance vanish before the operation
-		// reports; let the operation finish the move.
-		return Keep
-	}
-	if a, ok := table[cell{s, state}]; ok {
-		return a
-	}
-	return Keep
+	return cells[s]
 }

@@ -64,8 +64,9 @@ func (c *Client) Hello(ctx context.Context, ip string) (Info, error) {
 	return info, nil
 }
 
-// Alive reports whether the agent at ip answers GET / within the timeout.
-func (c *Client) Alive(ctx context.Context, ip string) bool {
+// Ping calls GET / on the agent at ip: nil if it answered as an agent does,
+// else why not.
+func (c *Client) Ping(ctx context.Context, ip string) error {
 	_, err := c.Hello(ctx, ip)
-	return err == nil
+	return err
 }

@@ -43,7 +43,7 @@ func TestNotAnAgent(t *testing.T) {
 	} {
 		c := agentAt(t, h)
 		start := time.Now()
-		if c.Alive(context.Background(), "127.0.0.1") {
+		if c.Ping(context.Background(), "127.0.0.1") == nil {
 			t.Errorf("%s: counted alive", name)
 		}
 		if d := time.Since(start); d > 3*time.Second {
@@ -57,7 +57,7 @@ func TestNobodyListening(t *testing.T) {
 	_, port, _ := net.SplitHostPort(l.Addr().String())
 	l.Close()
 	p, _ := strconv.Atoi(port)
-	if NewClient(p, 500*time.Millisecond).Alive(context.Background(), "127.0.0.1") {
+	if NewClient(p, 500*time.Millisecond).Ping(context.Background(), "127.0.0.1") == nil {
 		t.Fatal("a closed port counted alive")
 	}
 }

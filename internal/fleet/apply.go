@@ -97,6 +97,7 @@ func (r *Reconciler) apply(ctx context.Context, p config.Pool, plan []pair) erro
 		case Unready:
 			moves = append(moves, store.Transition{Label: x.machine.Label, From: store.Ready, Version: x.machine.Version,
 				To: store.Provisioning, Cause: r.unreadyCause(x)})
+			r.wakeAt(time.Now().Add(probeEvery)) // ready again as soon as it answers
 		case Refresh:
 			if x.inst.IP != "" && x.inst.IP != x.machine.IP {
 				moves = append(moves, store.Transition{Label: x.machine.Label, From: x.machine.State, Version: x.machine.Version,
@@ -262,6 +263,9 @@ func (r *Reconciler) newMachine(p config.Pool, in *provider.Instance) store.Mach
 	}
 }
 
+// probeEvery is how often a provisioning machine's agent is asked again.
+const probeEvery = 2 * time.Second
+
 // probe asks the agents of provisioning machines, a bounded number at a time,
 // and returns the moves to ready for those that answered.
 func (r *Reconciler) probe(ctx context.Context, ps []pair) []store.Transition {
@@ -296,7 +300,7 @@ func (r *Reconciler) probe(ctx context.Context, ps []pair) []store.Transition {
 			To: store.Ready, Cause: "agent answers", IP: &x.inst.IP})
 	}
 	if waiting {
-		r.wakeAt(time.Now().Add(2 * time.Second))
+		r.wakeAt(time.Now().Add(probeEvery))
 	}
 	return ts
 }

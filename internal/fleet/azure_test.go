@@ -13,6 +13,7 @@ import (
 	"github.com/sandfleet/sandfleet/internal/config"
 	"github.com/sandfleet/sandfleet/internal/fleet"
 	"github.com/sandfleet/sandfleet/internal/guest"
+	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/provider"
 	"github.com/sandfleet/sandfleet/internal/provider/azure"
 	"github.com/sandfleet/sandfleet/internal/store"
@@ -53,7 +54,8 @@ func (c *cloud) driver(tb testing.TB) *azure.Driver {
 	ac.SubscriptionID = "11111111-0000-4000-8000-000000000001"
 	ac.Endpoint = c.emu.URL()
 	ac.Credential = "emulator"
-	drv, err := azure.New(ac, azure.Options{CertPool: c.emu.CertPool(), PollInterval: 50 * time.Millisecond, Logger: quiet})
+	drv, err := azure.New(ac, azure.Options{CertPool: c.emu.CertPool(), PollInterval: 50 * time.Millisecond,
+		RetryDelay: 20 * time.Millisecond, Logger: quiet})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -83,7 +85,7 @@ func readyCloud(t *testing.T, st store.Store, size int) *cloud {
 	c := newCloud(t, 0, size)
 	stop := run(c.reconciler(t, st))
 	defer stop()
-	waitFor(t, 30*time.Second, fmt.Sprintf("%d machines ready", size), func() bool { return countReady(t, st) == size })
+	poll.Until(t, 30*time.Second, fmt.Sprintf("%d machines ready", size), func() bool { return countReady(t, st) == size })
 	return c
 }
 
@@ -124,7 +126,7 @@ func TestReimageResumedAfterCrash(t *testing.T) {
 	ctx := context.Background()
 	walk(t, st, "win10x64_0", store.Leased, store.Dirty)
 	stop := run(c.reconciler(t, st))
-	waitFor(t, 10*time.Second, "reimage issued with its token stored", func() bool {
+	poll.Until(t, 10*time.Second, "reimage issued with its token stored", func() bool {
 		ops, _ := st.ListOperations(ctx, store.OperationFilter{Unfinished: true})
 		return len(ops) == 1 && ops[0].Kind == store.OpReimage && ops[0].State == store.OpRunning && ops[0].ResumeToken != ""
 	})
@@ -135,7 +137,7 @@ func TestReimageResumedAfterCrash(t *testing.T) {
 
 	stop = run(c.reconciler(t, st))
 	defer stop()
-	waitFor(t, 20*time.Second, "win10x64_0 ready after its reimage", func() bool { return machineState(t, st, "win10x64_0") == store.Ready })
+	poll.Until(t, 20*time.Second, "win10x64_0 ready after its reimage", func() bool { return machineState(t, st, "win10x64_0") == store.Ready })
 	if n := c.count("POST", "/virtualMachineScaleSets/win10x64/reimage"); n != 1 {
 		t.Fatalf("reimage POSTed %d times, want 1 (resumed, not re-issued)", n)
 	}
@@ -165,7 +167,7 @@ func TestReimageWithoutTokenIsRedone(t *testing.T) {
 	walk(t, st, "win10x64_0", store.Leased, store.Dirty, store.Reimaging)
 	stop := run(c.reconciler(t, st))
 	defer stop()
-	waitFor(t, 20*time.Second, "machine ready again", func() bool { return machineState(t, st, "win10x64_0") == store.Ready })
+	poll.Until(t, 20*time.Second, "machine ready again", func() bool { return machineState(t, st, "win10x64_0") == store.Ready })
 	if n := c.count("POST", "/virtualMachineScaleSets/win10x64/reimage"); n != 1 {
 		t.Fatalf("reimage POSTed %d times, want exactly 1 (the re-derived one)", n)
 	}
@@ -188,7 +190,7 @@ func TestFailedInstanceReplaced(t *testing.T) {
 	c.emu.SetFaults([]byte(`{"fail_provisioning": 1}`))
 	stop := run(c.reconciler(t, st))
 	defer stop()
-	waitFor(t, 30*time.Second, "2 machines ready", func() bool { return countReady(t, st) == 2 })
+	poll.Until(t, 30*time.Second, "2 machines ready", func() bool { return countReady(t, st) == 2 })
 	if n := c.count("POST", "/virtualMachineScaleSets/win10x64/delete"); n != 1 {
 		t.Fatalf("delete POSTed %d times, want 1", n)
 	}
@@ -205,13 +207,13 @@ func TestThrottledPollIsWaitedOut(t *testing.T) {
 	c := newCloud(t, 0, 1)
 	stop := run(c.reconciler(t, st))
 	defer stop()
-	waitFor(t, 30*time.Second, "machine ready", func() bool { return countReady(t, st) == 1 })
+	poll.Until(t, 30*time.Second, "machine ready", func() bool { return countReady(t, st) == 1 })
 	ctx := context.Background()
 	if _, err := c.emu.SetFaults([]byte(`{"lro_delay_ms": 500, "throttle": {"match": "/operations/", "retry_after_s": 1, "count": 2}}`)); err != nil {
 		t.Fatal(err)
 	}
 	walk(t, st, "win10x64_0", store.Leased, store.Dirty)
-	waitFor(t, 20*time.Second, "machine reimaged and ready", func() bool {
+	poll.Until(t, 20*time.Second, "machine reimaged and ready", func() bool {
 		ops, _ := st.ListOperations(ctx, store.OperationFilter{Pool: "win10x64", Limit: 1})
 		return machineState(t, st, "win10x64_0") == store.Ready && len(ops) == 1 && ops[0].Kind == store.OpReimage
 	})

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/store"
 	"github.com/sandfleet/sandfleet/internal/store/open"
 )
@@ -20,7 +21,7 @@ func BenchmarkReconcileNoop1000(b *testing.B) {
 	c := newCloud(b, 0, benchInstances)
 	r := c.reconciler(b, st)
 	stop := run(r)
-	waitFor(b, 5*time.Minute, "1,000 machines ready", func() bool { return countReady(b, st) == benchInstances })
+	poll.Until(b, 5*time.Minute, "1,000 machines ready", func() bool { return countReady(b, st) == benchInstances })
 	stop()
 	if err := r.Pass(ctx); err != nil { // settle
 		b.Fatal(err)
@@ -51,7 +52,7 @@ func BenchmarkStartup1000(b *testing.B) {
 		r := c.reconciler(b, st)
 		b.StartTimer()
 		stop := run(r)
-		waitFor(b, 5*time.Minute, "1,000 machines ready", func() bool { return countReady(b, st) == benchInstances })
+		poll.Until(b, 5*time.Minute, "1,000 machines ready", func() bool { return countReady(b, st) == benchInstances })
 		b.StopTimer()
 		stop()
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/store"
 )
 
@@ -16,7 +17,7 @@ func TestScaleInWaitsForFailedInstanceDelete(t *testing.T) {
 	c := newCloud(t, 0, 2) // initial_size = max_size = 2
 	stop := run(c.reconciler(t, st))
 	defer stop()
-	waitFor(t, 30*time.Second, "2 machines ready", func() bool { return countReady(t, st) == 2 })
+	poll.Until(t, 30*time.Second, "2 machines ready", func() bool { return countReady(t, st) == 2 })
 
 	// A third instance appears behind sandfleet's back and fails provisioning.
 	if _, err := c.emu.SetFaults([]byte(`{"fail_provisioning": 1}`)); err != nil {
@@ -25,7 +26,7 @@ func TestScaleInWaitsForFailedInstanceDelete(t *testing.T) {
 	if _, err := c.emu.AddVM("win10x64", ""); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the failed instance deleted", func() bool {
+	poll.Until(t, 20*time.Second, "the failed instance deleted", func() bool {
 		return machineState(t, st, "win10x64_2") == store.Gone
 	})
 	time.Sleep(2 * time.Second) // let any scale-in in flight land

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sandfleet/sandfleet/internal/fleet"
+	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/store"
 	"github.com/sandfleet/sandfleet/internal/store/open"
 	"github.com/sandfleet/sandfleet/internal/store/postgres/pgtest"
@@ -31,7 +32,7 @@ func TestOneLeaderPerProvider(t *testing.T) {
 	}
 	a, b := mk(stA, "node-a"), mk(stB, "node-b")
 	stopA := run(a)
-	waitFor(t, 30*time.Second, "2 machines ready", func() bool { return countReady(t, stA) == 2 })
+	poll.Until(t, 30*time.Second, "2 machines ready", func() bool { return countReady(t, stA) == 2 })
 	fb := fleet.NewFleet(b)
 	ctxB, cancelB := context.WithCancel(ctx)
 	doneB := make(chan struct{})
@@ -47,7 +48,7 @@ func TestOneLeaderPerProvider(t *testing.T) {
 	}
 	stopA() // releases the lease
 	walk(t, stA, "win10x64_0", store.Leased, store.Dirty)
-	waitFor(t, 20*time.Second, "the second node reimages the released machine", func() bool {
+	poll.Until(t, 20*time.Second, "the second node reimages the released machine", func() bool {
 		return machineState(t, stB, "win10x64_0") == store.Ready && b.PassStats().Passes > 0
 	})
 	if n := c.count("PUT", "/virtualMachineScaleSets/win10x64"); n != 1 {

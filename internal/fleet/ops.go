@@ -29,7 +29,7 @@ const maxFailures = 3
 
 // lastLook bounds the one poll a resumed operation gets when its journaled
 // deadline has passed while no one was waiting on it.
-const lastLook = 5 * time.Second
+const lastLook = 3 * time.Second
 
 type opOption func(*store.Operation)
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sandfleet/sandfleet/internal/config"
 	"github.com/sandfleet/sandfleet/internal/fleet"
+	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/provider/static"
 	"github.com/sandfleet/sandfleet/internal/store"
 	"github.com/sandfleet/sandfleet/internal/store/sqlite"
@@ -26,17 +27,6 @@ func openSQLite(t testing.TB) store.Store {
 	}
 	t.Cleanup(func() { st.Close() })
 	return st
-}
-
-func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for: %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func machineState(t testing.TB, st store.Store, label string) store.MachineState {
@@ -61,7 +51,7 @@ func TestStaticDirtyMachineIsResetBeforeReuse(t *testing.T) {
 	go func() { done <- r.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 
-	waitFor(t, 10*time.Second, "both machines ready", func() bool {
+	poll.Until(t, 10*time.Second, "both machines ready", func() bool {
 		return machineState(t, st, "lab1") == store.Ready && machineState(t, st, "lab2") == store.Ready
 	})
 	m, _ := st.GetMachine(ctx, "lab1")
@@ -71,7 +61,7 @@ func TestStaticDirtyMachineIsResetBeforeReuse(t *testing.T) {
 	// A task used lab1 and released it.
 	walk(t, st, "lab1", store.Leased, store.Dirty)
 	r.Trigger()
-	waitFor(t, 10*time.Second, "lab1 ready again", func() bool { return machineState(t, st, "lab1") == store.Ready })
+	poll.Until(t, 10*time.Second, "lab1 ready again", func() bool { return machineState(t, st, "lab1") == store.Ready })
 
 	out, err := os.ReadFile(marker)
 	if err != nil || strings.TrimSpace(string(out)) != "lab1" {
@@ -128,14 +118,14 @@ func TestFailedResetDoesNotStarveOthers(t *testing.T) {
 	stop := run(r)
 	defer stop()
 	ctx := context.Background()
-	waitFor(t, 10*time.Second, "both ready", func() bool {
+	poll.Until(t, 10*time.Second, "both ready", func() bool {
 		return machineState(t, st, "lab1") == store.Ready && machineState(t, st, "lab2") == store.Ready
 	})
 	walk(t, st, "lab1", store.Leased, store.Dirty) // released first: oldest in a batch
 	walk(t, st, "lab2", store.Leased, store.Dirty)
 	r.Trigger()
-	waitFor(t, 10*time.Second, "lab2 reset and ready", func() bool { return machineState(t, st, "lab2") == store.Ready })
-	waitFor(t, 10*time.Second, "lab1 quarantined", func() bool { return machineState(t, st, "lab1") == store.Quarantined })
+	poll.Until(t, 10*time.Second, "lab2 reset and ready", func() bool { return machineState(t, st, "lab2") == store.Ready })
+	poll.Until(t, 10*time.Second, "lab1 quarantined", func() bool { return machineState(t, st, "lab1") == store.Quarantined })
 	m, err := st.GetMachine(ctx, "lab1")
 	if err != nil || !strings.Contains(m.QuarantineReason, "failed 3 times") {
 		t.Fatalf("lab1 quarantine reason %q (%v), want it to say the reset failed 3 times", m.QuarantineReason, err)
@@ -156,7 +146,7 @@ func TestLabelConflictNeitherSpinsNorBlocks(t *testing.T) {
 	r := fleet.New(fleet.Options{Store: st, Provider: static.New([]config.Pool{a}), Pools: []config.Pool{a},
 		Interval: time.Hour, OpTimeout: 10 * time.Second, Logger: testLogger()})
 	stop := run(r)
-	waitFor(t, 10*time.Second, "lab1 ready", func() bool { return machineState(t, st, "lab1") == store.Ready })
+	poll.Until(t, 10*time.Second, "lab1 ready", func() bool { return machineState(t, st, "lab1") == store.Ready })
 	stop()
 
 	// The operator moves lab1 into a new pool and adds lab3 to it.
@@ -198,7 +188,7 @@ func TestRevivedMachineIsResetBeforeUse(t *testing.T) {
 	ctx := context.Background()
 
 	stop := runWith(full)
-	waitFor(t, 10*time.Second, "lab1 ready", func() bool { return machineState(t, st, "lab1") == store.Ready })
+	poll.Until(t, 10*time.Second, "lab1 ready", func() bool { return machineState(t, st, "lab1") == store.Ready })
 	stop()
 	// A task takes lab1 and runs a sample on it.
 	if _, err := st.TransitionMachine(ctx, store.Transition{Label: "lab1", From: store.Ready, To: store.Leased, Cause: "task 1"}); err != nil {
@@ -207,7 +197,7 @@ func TestRevivedMachineIsResetBeforeUse(t *testing.T) {
 
 	// Restart without lab1: it is marked gone while leased.
 	stop = runWith(without)
-	waitFor(t, 10*time.Second, "lab1 gone", func() bool { return machineState(t, st, "lab1") == store.Gone })
+	poll.Until(t, 10*time.Second, "lab1 gone", func() bool { return machineState(t, st, "lab1") == store.Gone })
 	stop()
 	// The task's release (leased → dirty) now goes stale: the row is gone.
 	if _, err := st.TransitionMachine(ctx, store.Transition{Label: "lab1", From: store.Leased, To: store.Dirty, Cause: "task 1 done"}); err == nil {
@@ -253,13 +243,13 @@ func TestRemovedPoolRetired(t *testing.T) {
 		Machines: []config.StaticMachine{{Label: "old1", IP: "127.0.0.31"}}}
 	both := []config.Pool{keep, old}
 	stop := run(fleet.New(fleet.Options{Store: st, Provider: static.New(both), Pools: both, Interval: time.Hour}))
-	waitFor(t, 10*time.Second, "old1 ready", func() bool { return machineState(t, st, "old1") == store.Ready })
+	poll.Until(t, 10*time.Second, "old1 ready", func() bool { return machineState(t, st, "old1") == store.Ready })
 	stop()
 
 	only := []config.Pool{keep}
 	stop = run(fleet.New(fleet.Options{Store: st, Provider: static.New(only), Pools: only, Interval: time.Hour}))
 	defer stop()
-	waitFor(t, 10*time.Second, "old1 gone", func() bool { return machineState(t, st, "old1") == store.Gone })
+	poll.Until(t, 10*time.Second, "old1 gone", func() bool { return machineState(t, st, "old1") == store.Gone })
 	if machineState(t, st, "lab1") != store.Ready {
 		t.Fatal("a configured pool's machine was disturbed")
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/provider"
 	"github.com/sandfleet/sandfleet/internal/store"
 )
@@ -39,7 +40,7 @@ func TestTokenStoredDespiteShutdown(t *testing.T) {
 
 	stop := run(c.reconciler(t, st))
 	defer stop()
-	waitFor(t, 20*time.Second, "machine ready after its reimage", func() bool { return machineState(t, st, "win10x64_0") == store.Ready })
+	poll.Until(t, 20*time.Second, "machine ready after its reimage", func() bool { return machineState(t, st, "win10x64_0") == store.Ready })
 	if n := c.count("POST", "/virtualMachineScaleSets/win10x64/reimage"); n != 1 {
 		ops, _ := st.ListOperations(ctx, store.OperationFilter{Pool: "win10x64"})
 		for _, op := range ops {

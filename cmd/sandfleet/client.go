@@ -174,8 +174,15 @@ func checkCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "check",
-		Short: "Compare database and providers now; exit 0 consistent, 1 drift, 2 error",
-		Args:  cobra.NoArgs,
+		Short: "Compare database and providers now; exit 0 consistent, 1 drift, 2 cannot tell",
+		Long: `Ask the daemon to compare the database with a fresh read of every provider.
+
+Exit status:
+  0  consistent: every pool read, no drift
+  1  drift: every pool read, and some disagree with the database
+  2  cannot tell: a pool's provider could not be read (throttled, down), or
+     the check itself failed (daemon unreachable, an error answer)`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := clientCtx()
 			defer cancel()
@@ -208,7 +215,18 @@ func checkCmd(g *globals) *cobra.Command {
 					}
 				}
 			}
-			if !rep.Consistent {
+			// A pool that could not be read may hide drift or hide none: that
+			// is not an answer, whatever the other pools say.
+			var unknown []string
+			for _, p := range rep.Pools {
+				if p.Unknown {
+					unknown = append(unknown, p.Name)
+				}
+			}
+			switch {
+			case len(unknown) > 0:
+				return &exitError{code: 2, err: fmt.Errorf("cannot tell: pools not read: %s", strings.Join(unknown, ", "))}
+			case !rep.Consistent:
 				return &exitError{code: 1}
 			}
 			return nil

@@ -8,7 +8,7 @@ import (
 	"os"
 )
 
-// exitError carries a process exit code (check: 1 drift, 2 error).
+// exitError carries a process exit code (check: 1 drift, 2 cannot tell).
 type exitError struct {
 	code int
 	err  error

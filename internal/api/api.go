@@ -10,10 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sandfleet/sandfleet/internal/fleet"
@@ -25,19 +29,37 @@ var Version = "dev"
 
 // Server is the HTTP API.
 type Server struct {
-	store  store.Store
-	fleet  *fleet.Fleet
-	tokens map[string]bool // nil: no auth (loopback only, enforced by config)
-	log    *slog.Logger
-	mux    *http.ServeMux
+	tokens   map[string]bool // nil: no auth (loopback only, enforced by config)
+	log      *slog.Logger
+	mux      *http.ServeMux
+	routes   map[string]methods
+	database string
+
+	// backend is nil until the database is open: the daemon serves (and
+	// /readyz says why it is not ready) while it waits for one that is down.
+	backend atomic.Pointer[backend]
+	mu      sync.Mutex
+	dbErr   string // the last failure to open the database, while backend is nil
+}
+
+// backend is what the handlers read and change: the store, and the fleet
+// that can only be built once the store exists.
+type backend struct {
+	store store.Store
+	fleet *fleet.Fleet
 }
 
 // Options configure a Server.
 type Options struct {
+	// Store and Fleet, when both set, are served at once; otherwise the
+	// handlers answer 503 until Attach.
 	Store  store.Store
 	Fleet  *fleet.Fleet
 	Tokens map[string]bool
 	Logger *slog.Logger
+	// Database names the database in 503 answers while it is unavailable;
+	// it must not hold a password.
+	Database string
 }
 
 // New returns the API handler.
@@ -45,17 +67,20 @@ func New(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	s := &Server{store: o.Store, fleet: o.Fleet, tokens: o.Tokens, log: o.Logger, mux: http.NewServeMux()}
-	s.mux.HandleFunc("GET /healthz", s.healthz)
-	s.mux.HandleFunc("GET /readyz", s.readyz)
-	s.mux.HandleFunc("GET /metrics", s.metrics)
-	s.handle("GET /apiv2/machines/list/", s.machinesList)
-	s.handle("GET /apiv2/machines/view/{name}/", s.machinesView)
-	s.handle("GET /apiv2/pools/list/", s.poolsList)
-	s.handle("GET /apiv2/fleet/check/", s.fleetCheck)
-	s.handle("GET /apiv2/operations/list/", s.operationsList)
-	s.handle("POST /apiv2/machines/quarantine/{name}/", s.quarantine)
-	s.handle("POST /apiv2/machines/release/{name}/", s.release)
+	s := &Server{tokens: o.Tokens, log: o.Logger, mux: http.NewServeMux(), routes: map[string]methods{}, database: o.Database}
+	if o.Store != nil && o.Fleet != nil {
+		s.Attach(o.Store, o.Fleet)
+	}
+	s.route(http.MethodGet, "/healthz", s.healthz)
+	s.route(http.MethodGet, "/readyz", s.readyz)
+	s.route(http.MethodGet, "/metrics", s.metrics)
+	s.handle(http.MethodGet, "/apiv2/machines/list/", s.machinesList)
+	s.handle(http.MethodGet, "/apiv2/machines/view/{name}/", s.machinesView)
+	s.handle(http.MethodGet, "/apiv2/pools/list/", s.poolsList)
+	s.handle(http.MethodGet, "/apiv2/fleet/check/", s.fleetCheck)
+	s.handle(http.MethodGet, "/apiv2/operations/list/", s.operationsList)
+	s.handle(http.MethodPost, "/apiv2/machines/quarantine/{name}/", s.quarantine)
+	s.handle(http.MethodPost, "/apiv2/machines/release/{name}/", s.release)
 	s.mux.HandleFunc("/apiv2/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -65,24 +90,100 @@ func New(o Options) *Server {
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-// handle registers an authenticated route; paths also answer without the
-// trailing slash, as CAPE's router does.
-func (s *Server) handle(pattern string, h http.HandlerFunc) {
+// Attach gives the handlers the opened store and the fleet built on it. The
+// daemon opens its database once, so a second call changes nothing.
+func (s *Server) Attach(st store.Store, f *fleet.Fleet) {
+	s.backend.CompareAndSwap(nil, &backend{store: st, fleet: f})
+}
+
+// Unavailable records why the database could not be opened; /readyz and the
+// 503 answers name it until Attach.
+func (s *Server) Unavailable(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dbErr = err.Error()
+}
+
+// unavailable says why there is no backend yet.
+func (s *Server) unavailable() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dbErr == "" {
+		return "not open yet"
+	}
+	return s.dbErr
+}
+
+// methods are one path's handlers by HTTP method. The mux routes by path
+// alone and leaves the method to this table, so that a wrong method gets
+// the JSON envelope and an Allow header rather than the mux's plain text.
+type methods map[string]http.HandlerFunc
+
+func (ms methods) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h, ok := ms[r.Method]
+	if !ok && r.Method == http.MethodHead {
+		// net/http drops the body of a HEAD reply.
+		h, ok = ms[http.MethodGet]
+	}
+	if !ok {
+		allowed := ms.allowed()
+		w.Header().Set("Allow", allowed)
+		fail(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s; allowed: %s", r.Method, r.URL.Path, allowed))
+		return
+	}
+	h(w, r)
+}
+
+func (ms methods) allowed() string {
+	names := slices.Sorted(maps.Keys(ms))
+	if ms[http.MethodGet] != nil && ms[http.MethodHead] == nil {
+		names = append(names, http.MethodHead)
+	}
+	return strings.Join(names, ", ")
+}
+
+// route serves method on path.
+func (s *Server) route(method, path string, h http.HandlerFunc) {
+	ms, ok := s.routes[path]
+	if !ok {
+		ms = methods{}
+		s.routes[path] = ms
+		s.mux.Handle(path, ms)
+	}
+	ms[method] = h
+}
+
+// handle registers an authenticated route that needs the database; paths
+// also answer without the trailing slash, as CAPE's router does.
+func (s *Server) handle(method, path string, h func(http.ResponseWriter, *http.Request, *backend)) {
 	auth := func(w http.ResponseWriter, r *http.Request) {
 		if !s.authorized(r) {
 			fail(w, http.StatusUnauthorized, "authentication required: send Authorization: Token <key>")
+			return
+		}
+		b := s.backend.Load()
+		if b == nil {
+			fail(w, http.StatusServiceUnavailable, s.unavailableMessage())
 			return
 		}
 		// Every request is bounded: an exhausted database pool must not hold
 		// clients forever (fleet/check/ sets its own, longer, bound).
 		ctx, cancel := context.WithTimeout(r.Context(), 90*time.Second)
 		defer cancel()
-		h(w, r.WithContext(ctx))
+		h(w, r.WithContext(ctx), b)
 	}
-	s.mux.HandleFunc(pattern, auth)
-	if trimmed := strings.TrimSuffix(pattern, "/"); trimmed != pattern {
-		s.mux.HandleFunc(trimmed, auth)
+	s.route(method, path, auth)
+	if trimmed := strings.TrimSuffix(path, "/"); trimmed != path {
+		s.route(method, trimmed, auth)
 	}
+}
+
+// unavailableMessage is the 503 answer while there is no backend.
+func (s *Server) unavailableMessage() string {
+	if s.database == "" {
+		return "database unavailable: " + s.unavailable()
+	}
+	return fmt.Sprintf("database unavailable (%s): %s", s.database, s.unavailable())
 }
 
 func (s *Server) authorized(r *http.Request) bool {
@@ -152,18 +253,27 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	b := s.backend.Load()
+	if b == nil {
+		s.databaseDown(w, s.unavailable())
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	if _, err := s.store.ListPools(ctx); err != nil {
-		write(w, http.StatusServiceUnavailable, map[string]string{"status": "database unavailable", "error": err.Error()})
+	if _, err := b.store.ListPools(ctx); err != nil {
+		s.databaseDown(w, err.Error())
 		return
 	}
 	select {
-	case <-s.fleet.Ready():
+	case <-b.fleet.Ready():
 		write(w, http.StatusOK, map[string]string{"status": "ready"})
 	default:
 		write(w, http.StatusServiceUnavailable, map[string]string{"status": "first reconcile not finished"})
 	}
+}
+
+func (s *Server) databaseDown(w http.ResponseWriter, why string) {
+	write(w, http.StatusServiceUnavailable, map[string]string{"status": "database unavailable", "database": s.database, "error": why})
 }
 
 const timeFormat = "2006-01-02 15:04:05"
@@ -228,9 +338,9 @@ func MachineJSON(m store.Machine) Machine {
 	}
 }
 
-func (s *Server) machinesList(w http.ResponseWriter, r *http.Request) {
+func (s *Server) machinesList(w http.ResponseWriter, r *http.Request, b *backend) {
 	f := store.MachineFilter{Pool: r.URL.Query().Get("pool")}
-	if !s.knownPool(w, r, f.Pool) {
+	if !s.knownPool(w, r, b, f.Pool) {
 		return
 	}
 	if st := r.URL.Query().Get("state"); st != "" {
@@ -240,7 +350,7 @@ func (s *Server) machinesList(w http.ResponseWriter, r *http.Request) {
 		}
 		f.States = []store.MachineState{store.MachineState(st)}
 	}
-	ms, err := s.store.ListMachines(r.Context(), f)
+	ms, err := b.store.ListMachines(r.Context(), f)
 	if err != nil {
 		s.internal(w, r, err)
 		return
@@ -254,11 +364,11 @@ func (s *Server) machinesList(w http.ResponseWriter, r *http.Request) {
 
 // knownPool answers 404 naming the pool when a filter names one that does not
 // exist, rather than an empty list that looks like an empty pool.
-func (s *Server) knownPool(w http.ResponseWriter, r *http.Request, pool string) bool {
+func (s *Server) knownPool(w http.ResponseWriter, r *http.Request, b *backend, pool string) bool {
 	if pool == "" {
 		return true
 	}
-	_, err := s.store.GetPool(r.Context(), pool)
+	_, err := b.store.GetPool(r.Context(), pool)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		fail(w, http.StatusNotFound, fmt.Sprintf("pool: %q is not a pool", pool))
@@ -279,17 +389,17 @@ func validState(s string) bool {
 	return false
 }
 
-func (s *Server) machinesView(w http.ResponseWriter, r *http.Request) {
-	if m, ok := s.machine(w, r); ok {
+func (s *Server) machinesView(w http.ResponseWriter, r *http.Request, b *backend) {
+	if m, ok := s.machine(w, r, b); ok {
 		reply(w, MachineJSON(m))
 	}
 }
 
 // machine reads the machine the path names; on failure it has answered (404
 // naming it, or the error) and ok is false.
-func (s *Server) machine(w http.ResponseWriter, r *http.Request) (m store.Machine, ok bool) {
+func (s *Server) machine(w http.ResponseWriter, r *http.Request, b *backend) (m store.Machine, ok bool) {
 	name := r.PathValue("name")
-	m, err := s.store.GetMachine(r.Context(), name)
+	m, err := b.store.GetMachine(r.Context(), name)
 	if errors.Is(err, store.ErrNotFound) {
 		fail(w, http.StatusNotFound, fmt.Sprintf("machine %q not found", name))
 		return m, false
@@ -301,8 +411,8 @@ func (s *Server) machine(w http.ResponseWriter, r *http.Request) (m store.Machin
 	return m, true
 }
 
-func (s *Server) poolsList(w http.ResponseWriter, r *http.Request) {
-	ps, err := s.fleet.Status(r.Context())
+func (s *Server) poolsList(w http.ResponseWriter, r *http.Request, b *backend) {
+	ps, err := b.fleet.Status(r.Context())
 	if err != nil {
 		s.internal(w, r, err)
 		return
@@ -310,10 +420,10 @@ func (s *Server) poolsList(w http.ResponseWriter, r *http.Request) {
 	reply(w, ps)
 }
 
-func (s *Server) fleetCheck(w http.ResponseWriter, r *http.Request) {
+func (s *Server) fleetCheck(w http.ResponseWriter, r *http.Request, b *backend) {
 	ctx, cancel := context.WithTimeout(r.Context(), 60*time.Second)
 	defer cancel()
-	rep, err := s.fleet.Check(ctx)
+	rep, err := b.fleet.Check(ctx)
 	if err != nil {
 		s.internal(w, r, err)
 		return
@@ -337,7 +447,7 @@ type Operation struct {
 	UpdatedAt   *string  `json:"updated_at"`
 }
 
-func (s *Server) operationsList(w http.ResponseWriter, r *http.Request) {
+func (s *Server) operationsList(w http.ResponseWriter, r *http.Request, b *backend) {
 	f := store.OperationFilter{Pool: r.URL.Query().Get("pool"), Limit: 100}
 	if v := r.URL.Query().Get("unfinished"); v != "" {
 		b, err := strconv.ParseBool(v)
@@ -347,10 +457,10 @@ func (s *Server) operationsList(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Unfinished = b
 	}
-	if !s.knownPool(w, r, f.Pool) {
+	if !s.knownPool(w, r, b, f.Pool) {
 		return
 	}
-	ops, err := s.store.ListOperations(r.Context(), f)
+	ops, err := b.store.ListOperations(r.Context(), f)
 	if err != nil {
 		s.internal(w, r, err)
 		return

@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -23,6 +24,16 @@ import (
 
 func newServer(t *testing.T, tokens map[string]bool) (*httptest.Server, store.Store) {
 	t.Helper()
+	st, f := newFleet(t)
+	srv := httptest.NewServer(api.New(api.Options{Store: st, Fleet: f, Tokens: tokens}))
+	t.Cleanup(srv.Close)
+	return srv, st
+}
+
+// newFleet is a SQLite store and a fleet of one static pool (machine lab1),
+// passed once: lab1 is ready.
+func newFleet(t *testing.T) (store.Store, *fleet.Fleet) {
+	t.Helper()
 	ctx := context.Background()
 	st, err := open.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "api.db"))
 	if err != nil {
@@ -39,9 +50,7 @@ func newServer(t *testing.T, tokens map[string]bool) (*httptest.Server, store.St
 	if err := r.Pass(ctx); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(api.New(api.Options{Store: st, Fleet: fleet.NewFleet(r), Tokens: tokens}))
-	t.Cleanup(srv.Close)
-	return srv, st
+	return st, fleet.NewFleet(r)
 }
 
 type envelope struct {
@@ -277,5 +286,47 @@ func TestReadyz(t *testing.T) {
 	// The test's fleet was passed by hand, never Run: not ready.
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("readyz before any run: %d", resp.StatusCode)
+	}
+}
+
+// Until the daemon has opened its database, every route that needs it
+// answers 503 naming the database and why; healthz answers; after Attach the
+// same server serves.
+func TestDatabaseUnavailableUntilAttached(t *testing.T) {
+	const db = "postgres://root@127.0.0.1:1/sandfleet"
+	srv := api.New(api.Options{Database: db, Tokens: map[string]bool{"k": true}})
+	ts := httptest.NewServer(srv)
+	t.Cleanup(ts.Close)
+	srv.Unavailable(errors.New("connection refused"))
+
+	call := func(path string) (int, string) {
+		req, _ := http.NewRequest("GET", ts.URL+path, nil)
+		req.Header.Set("Authorization", "Token k")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	for _, path := range []string{"/apiv2/machines/list/", "/apiv2/machines/view/lab1/", "/apiv2/fleet/check/", "/metrics"} {
+		if code, body := call(path); code != 503 || !strings.Contains(body, "database unavailable ("+db+"): connection refused") {
+			t.Errorf("%s before the database: %d %s", path, code, body)
+		}
+	}
+	code, body := call("/readyz")
+	var ready map[string]string
+	if code != 503 || json.Unmarshal([]byte(body), &ready) != nil || ready["status"] != "database unavailable" ||
+		ready["database"] != db || ready["error"] != "connection refused" {
+		t.Errorf("readyz before the database: %d %s", code, body)
+	}
+	if code, _ := call("/healthz"); code != 200 {
+		t.Errorf("healthz before the database: %d", code)
+	}
+
+	srv.Attach(newFleet(t))
+	if code, body := call("/apiv2/machines/view/lab1/"); code != 200 {
+		t.Errorf("after Attach: %d %s", code, body)
 	}
 }

@@ -15,14 +15,19 @@ import (
 // metrics writes the Prometheus text exposition format by hand: a few gauges
 // and counters do not need a client library.
 func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
+	be := s.backend.Load()
+	if be == nil {
+		http.Error(w, s.unavailableMessage(), http.StatusServiceUnavailable)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	pools, err := s.fleet.Status(ctx)
+	pools, err := be.fleet.Status(ctx)
 	if err != nil {
 		http.Error(w, "database unavailable: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	unfinished, err := s.store.ListOperations(ctx, store.OperationFilter{Unfinished: true})
+	unfinished, err := be.store.ListOperations(ctx, store.OperationFilter{Unfinished: true})
 	if err != nil {
 		http.Error(w, "database unavailable: "+err.Error(), http.StatusServiceUnavailable)
 		return
@@ -66,18 +71,18 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(&b, "sandfleet_operations_unfinished{kind=%q} %d\n", k, byKind[k])
 	}
 	family(&b, "sandfleet_reconcile_passes_total", "counter", "Reconcile passes, by provider and outcome.")
-	for _, r := range s.fleet.Reconcilers() {
+	for _, r := range be.fleet.Reconcilers() {
 		ps, name := r.PassStats(), r.ProviderName()
 		fmt.Fprintf(&b, "sandfleet_reconcile_passes_total{provider=%q,outcome=\"ok\"} %d\n", name, ps.Passes-ps.Failed-ps.Skipped)
 		fmt.Fprintf(&b, "sandfleet_reconcile_passes_total{provider=%q,outcome=\"failed\"} %d\n", name, ps.Failed)
 		fmt.Fprintf(&b, "sandfleet_reconcile_passes_total{provider=%q,outcome=\"throttled\"} %d\n", name, ps.Skipped)
 	}
 	family(&b, "sandfleet_reconcile_last_pass_seconds", "gauge", "Duration of the last reconcile pass that read the provider.")
-	for _, r := range s.fleet.Reconcilers() {
+	for _, r := range be.fleet.Reconcilers() {
 		fmt.Fprintf(&b, "sandfleet_reconcile_last_pass_seconds{provider=%q} %g\n", r.ProviderName(), r.PassStats().LastDuration.Seconds())
 	}
 	family(&b, "sandfleet_db_round_trips_total", "counter", "Database round trips since start.")
-	fmt.Fprintf(&b, "sandfleet_db_round_trips_total{database=%q} %d\n", s.store.Dialect(), s.store.Stats().RoundTrips)
+	fmt.Fprintf(&b, "sandfleet_db_round_trips_total{database=%q} %d\n", be.store.Dialect(), be.store.Stats().RoundTrips)
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	io.WriteString(w, b.String())
 }

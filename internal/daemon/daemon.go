@@ -1,6 +1,8 @@
 // Package daemon assembles sandfleet serve from a configuration: the store,
 // the providers (and, with no Azure subscription configured, an in-process
-// Azure emulator), one reconciler per provider, and the HTTP API.
+// Azure emulator), one reconciler per provider, and the HTTP API. The API
+// serves from the start; a database server that is down is waited for, and
+// the reconcilers start once it answers.
 package daemon
 
 import (
@@ -32,17 +34,23 @@ import (
 type Daemon struct {
 	cfg      *config.Config
 	log      *slog.Logger
-	Store    store.Store
-	Fleet    *fleet.Fleet
-	API      *api.Server
+	database string // the database URL, password masked, for logs
+	api      *api.Server
 	emulator *azemu.Emulator
 	driver   *azure.Driver
 	listener net.Listener
+	// reconcilers are the fleet's reconcilers, Store not yet set: a
+	// reconciler is built on a store, and a database server may be down
+	// when the daemon starts.
+	reconcilers []fleet.Options
+	// store is set by New for SQLite, by Run once a database server answers.
+	store store.Store
 }
 
-// New builds a daemon: it validates cfg, opens and migrates the database,
-// starts the in-process emulator when needed, and builds the reconcilers. It
-// listens on cfg.Listen; Run serves.
+// New builds a daemon: it validates cfg, starts the in-process emulator when
+// needed, and listens on cfg.Listen. A SQLite database is opened and
+// migrated here, so that a bad path fails at once; a PostgreSQL server is
+// waited for by Run. Run serves.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid configuration:\n%w", err)
@@ -50,21 +58,24 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
-	d := &Daemon{cfg: cfg, log: log}
+	dbURL := cfg.DatabaseURL()
+	if err := open.Check(dbURL); err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	d := &Daemon{cfg: cfg, log: log, database: open.Redact(dbURL)}
 	ok := false
 	defer func() {
 		if !ok {
 			d.Close()
 		}
 	}()
-	// Bounded: a migration lock held by a hung node must not hang serve.
-	octx, cancel := context.WithTimeout(ctx, time.Minute)
-	st, err := open.Open(octx, cfg.DatabaseURL())
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("database: %w", err)
+	if !open.IsServer(dbURL) {
+		st, err := d.open(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("database: %w", err)
+		}
+		d.store = st
 	}
-	d.Store = st
 
 	holder, err := nodeID(cfg.DataDir)
 	if err != nil {
@@ -74,7 +85,6 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	for _, p := range cfg.Pools {
 		byProvider[p.Provider] = append(byProvider[p.Provider], p)
 	}
-	var recs []*fleet.Reconciler
 	agent := guest.NewClient(cfg.Guest.AgentPort, 3*time.Second)
 	rsHost, rsPort := cfg.ResultServerAddr()
 	for _, kind := range []string{"azure", "static", "libvirt"} {
@@ -99,8 +109,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 		default:
 			return nil, fmt.Errorf("pools: provider %s is not available in this build", kind)
 		}
-		recs = append(recs, fleet.New(fleet.Options{
-			Store: st, Provider: prov, Pools: pools,
+		d.reconcilers = append(d.reconcilers, fleet.Options{
+			Provider: prov, Pools: pools,
 			Interval: cfg.Fleet.ReconcileInterval, OpTimeout: cfg.Timeouts.CloudOperation,
 			WaitForAgent: waitForAgent, Agent: agent, HealthInterval: cfg.Fleet.HealthInterval,
 			ReimageWindow: cfg.Azure.ReimageBatchWindow, ProvisionTimeout: cfg.Timeouts.VMState, MaxConcurrentOps: cfg.Azure.MaxConcurrentOperations,
@@ -109,9 +119,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 			Holder:  holder, LeaseTTL: cfg.Fleet.LeaseTTL,
 			ResultServerIP: rsHost, ResultServerPort: rsPort,
 			Logger: log.With("provider", kind),
-		}))
+		})
 	}
-	d.Fleet = fleet.NewFleet(recs...)
 
 	var tokens map[string]bool
 	if cfg.Auth.TokensFile != "" {
@@ -119,13 +128,64 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 			return nil, err
 		}
 	}
-	d.API = api.New(api.Options{Store: st, Fleet: d.Fleet, Tokens: tokens, Logger: log})
+	d.api = api.New(api.Options{Tokens: tokens, Logger: log, Database: d.database})
 	d.listener, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
 	ok = true
 	return d, nil
+}
+
+// open makes one attempt to open and migrate the database.
+func (d *Daemon) open(ctx context.Context) (store.Store, error) {
+	// Bounded: a migration lock held by a hung node must not hang serve.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	return open.Open(ctx, d.cfg.DatabaseURL())
+}
+
+// awaitDatabase opens the database, retrying with backoff while it cannot
+// be (a server down or still starting); the API answers 503 naming the
+// database meanwhile. It returns nil when ctx ends first.
+func (d *Daemon) awaitDatabase(ctx context.Context) store.Store {
+	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
+		st, err := d.open(ctx)
+		if err == nil {
+			return st
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		d.api.Unavailable(err)
+		d.log.Warn("database unavailable; retrying", "database", d.database, "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+	}
+}
+
+// runFleet waits for the database, builds the fleet on it, hands both to the
+// API, and reconciles until ctx ends.
+func (d *Daemon) runFleet(ctx context.Context) error {
+	if d.store == nil {
+		st := d.awaitDatabase(ctx)
+		if st == nil {
+			return nil
+		}
+		d.store = st
+		d.log.Info("database open", "database", d.database)
+	}
+	recs := make([]*fleet.Reconciler, 0, len(d.reconcilers))
+	for _, o := range d.reconcilers {
+		o.Store = d.store
+		recs = append(recs, fleet.New(o))
+	}
+	f := fleet.NewFleet(recs...)
+	d.api.Attach(d.store, f)
+	return f.Run(ctx)
 }
 
 // azure builds the Azure driver, starting the in-process emulator when no
@@ -189,10 +249,11 @@ func nodeID(dataDir string) (string, error) {
 // Addr is the API's listening address.
 func (d *Daemon) Addr() string { return d.listener.Addr().String() }
 
-// Run serves until ctx ends, then shuts down gracefully.
+// Run serves until ctx ends, then shuts down gracefully. The API answers
+// from the start; the reconcilers start once the database is open.
 func (d *Daemon) Run(ctx context.Context) error {
 	// fleet/check/ may take up to a minute; nothing else comes near.
-	srv := &http.Server{Handler: d.API, ReadHeaderTimeout: 10 * time.Second,
+	srv := &http.Server{Handler: d.api, ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout: time.Minute, WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
 	errc := make(chan error, 2)
 	go func() {
@@ -203,8 +264,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	fctx, stop := context.WithCancel(ctx)
 	defer stop()
 	done := make(chan error, 1)
-	go func() { done <- d.Fleet.Run(fctx) }()
-	d.log.Info("sandfleet serving", "listen", d.Addr(), "database", d.Store.Dialect())
+	go func() { done <- d.runFleet(fctx) }()
+	d.log.Info("sandfleet serving", "listen", d.Addr(), "database", d.database)
 	var err error
 	fleetDone := false
 	select {
@@ -223,7 +284,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return err
 }
 
-// Close releases the database and the emulator.
+// Close releases the database and the emulator; after Run has returned, if
+// Run was called.
 func (d *Daemon) Close() {
 	if d.listener != nil {
 		d.listener.Close()
@@ -234,7 +296,7 @@ func (d *Daemon) Close() {
 	if d.emulator != nil {
 		d.emulator.Close()
 	}
-	if d.Store != nil {
-		d.Store.Close()
+	if d.store != nil {
+		d.store.Close()
 	}
 }

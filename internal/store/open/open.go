@@ -5,6 +5,7 @@ package open
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"github.com/sandfleet/sandfleet/internal/store"
@@ -12,25 +13,21 @@ import (
 	"github.com/sandfleet/sandfleet/internal/store/sqlite"
 )
 
-// Open opens the database at url and applies its migrations:
+// Open opens the database at dbURL and applies its migrations:
 //
 //	sqlite:///abs/path.db      SQLite at an absolute path
 //	sqlite://rel/path.db       SQLite relative to the working directory
 //	postgres://user@host/db    PostgreSQL (also postgresql://), pgx connection URL
-func Open(ctx context.Context, url string) (store.Store, error) {
+func Open(ctx context.Context, dbURL string) (store.Store, error) {
 	var s store.Store
-	var err error
-	scheme, rest, ok := strings.Cut(url, "://")
-	switch {
-	case !ok:
-		// Not echoed: a key=value DSN may hold a password.
-		return nil, fmt.Errorf("database URL has no scheme: want sqlite://PATH or postgres://…")
-	case scheme == "sqlite":
+	scheme, rest, err := split(dbURL)
+	if err != nil {
+		return nil, err
+	}
+	if scheme == "sqlite" {
 		s, err = sqlite.Open(ctx, rest)
-	case scheme == "postgres" || scheme == "postgresql":
-		s, err = postgres.Open(ctx, url)
-	default:
-		return nil, fmt.Errorf("database URL scheme %q is not supported: want sqlite or postgres", scheme)
+	} else {
+		s, err = postgres.Open(ctx, dbURL)
 	}
 	if err != nil {
 		return nil, err
@@ -40,4 +37,68 @@ func Open(ctx context.Context, url string) (store.Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// split returns the URL's scheme ("sqlite" or "postgres") and what follows
+// "://", or an error naming what is wrong.
+func split(dbURL string) (scheme, rest string, err error) {
+	scheme, rest, ok := strings.Cut(dbURL, "://")
+	switch {
+	case !ok:
+		// Not echoed: a key=value DSN may hold a password.
+		return "", "", fmt.Errorf("database URL has no scheme: want sqlite://PATH or postgres://…")
+	case scheme == "sqlite":
+		return scheme, rest, nil
+	case scheme == "postgres" || scheme == "postgresql":
+		return "postgres", rest, nil
+	default:
+		return "", "", fmt.Errorf("database URL scheme %q is not supported: want sqlite or postgres", scheme)
+	}
+}
+
+// Check reports, without connecting, whether Open could use dbURL at all, so
+// that serve can fail at once on a typo yet wait for a server that is down.
+func Check(dbURL string) error {
+	scheme, _, err := split(dbURL)
+	if err != nil || scheme == "sqlite" {
+		return err
+	}
+	return postgres.CheckURL(dbURL)
+}
+
+// IsServer reports whether dbURL names a database server (PostgreSQL), which
+// may come up after sandfleet does, rather than a file (SQLite), which opens
+// now or not at all.
+func IsServer(dbURL string) bool {
+	scheme, _, err := split(dbURL)
+	return err == nil && scheme == "postgres"
+}
+
+// Redact returns dbURL fit for logs and API answers: a PostgreSQL URL's
+// password, in the user info or in a password parameter, is masked.
+func Redact(dbURL string) string {
+	scheme, rest, ok := strings.Cut(dbURL, "://")
+	if !ok || (scheme != "postgres" && scheme != "postgresql") {
+		return dbURL
+	}
+	rest, query, hasQuery := strings.Cut(rest, "?")
+	// The user info ends at the last '@': a password may hold '@' or '/'
+	// that were not escaped, and all of it is before that '@'.
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		if user, _, hasPassword := strings.Cut(rest[:at], ":"); hasPassword {
+			rest = user + ":xxxxx" + rest[at:]
+		}
+	}
+	if !hasQuery {
+		return scheme + "://" + rest
+	}
+	vals, err := url.ParseQuery(query)
+	switch {
+	case err != nil:
+		query = "xxxxx" // unreadable, so it cannot be shown safely
+	case vals.Has("password"):
+		vals.Set("password", "xxxxx")
+		query = vals.Encode()
+	}
+	return scheme + "://" + rest + "?" + query
 }

@@ -62,3 +62,45 @@ func TestOpenBadURL(t *testing.T) {
 		}
 	}
 }
+
+func TestRedact(t *testing.T) {
+	for url, want := range map[string]string{
+		"postgres://root@127.0.0.1:5433/x?sslmode=disable":               "postgres://root@127.0.0.1:5433/x?sslmode=disable",
+		"postgres://root:s3cret@db:5432/sf":                              "postgres://root:xxxxx@db:5432/sf",
+		"postgresql://u:p@ss/w0rd@db/sf?sslmode=disable":                 "postgresql://u:xxxxx@db/sf?sslmode=disable",
+		"postgres://u@db/sf?password=s3cret&sslmode=disable":             "postgres://u@db/sf?password=xxxxx&sslmode=disable",
+		"postgres://u:s3cret@h1:5432,h2:5432/sf?target_session_attrs=rw": "postgres://u:xxxxx@h1:5432,h2:5432/sf?target_session_attrs=rw",
+		"postgres://u@db/sf?password=s3cret%zz":                          "postgres://u@db/sf?xxxxx",
+		"postgres://db/sf":                                               "postgres://db/sf",
+		"sqlite:///var/lib/sandfleet/sandfleet.db":                       "sqlite:///var/lib/sandfleet/sandfleet.db",
+	} {
+		if got := open.Redact(url); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", url, got, want)
+		}
+	}
+}
+
+// Check catches what no waiting would fix, without connecting: port 1 on
+// loopback has no server, and Check does not care.
+func TestCheck(t *testing.T) {
+	for url, want := range map[string]string{
+		"sqlite:///tmp/x.db":                           "",
+		"postgres://root@127.0.0.1:1/none":             "",
+		"postgres://root:s3cret@127.0.0.1:99999999/db": "invalid port",
+		"postgres://root@127.0.0.1/db?sslmode=maybe":   "sslmode",
+		"mysql://root@host/db":                         `"mysql"`,
+	} {
+		err := open.Check(url)
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("Check(%q) = %v, want nil", url, err)
+		case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+			t.Errorf("Check(%q) = %v, want an error naming %s", url, err, want)
+		case err != nil && strings.Contains(err.Error(), "s3cret"):
+			t.Errorf("Check(%q) = %v: the password is shown", url, err)
+		}
+	}
+	if open.IsServer("sqlite:///tmp/x.db") || !open.IsServer("postgresql://db/x") || open.IsServer("mysql://db/x") {
+		t.Error("IsServer: sqlite is a file, postgres a server, mysql neither")
+	}
+}

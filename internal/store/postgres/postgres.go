@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
 
@@ -45,4 +46,12 @@ func Open(ctx context.Context, url string) (store.Store, error) {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
 	return sqlstore.New(db, dialect), nil
+}
+
+// CheckURL parses url as Open would, without connecting.
+func CheckURL(url string) error {
+	if _, err := pgx.ParseConfig(url); err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	return nil
 }

@@ -161,19 +161,22 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		r.lead(ctx)
 		return nil
 	}
+	var held int64 // the last term won
 	for ctx.Err() == nil {
-		if !r.awaitLease(ctx) {
+		t := r.awaitLease(ctx)
+		if t == 0 {
 			break
 		}
+		held = t
 		term, lose := context.WithCancel(ctx)
-		go r.keepLease(term, lose)
+		go r.keepLease(term, held, lose)
 		r.lead(term)
 		lose()
 	}
 	// Hand over at once on shutdown rather than after the lease lapses.
 	rel, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := r.o.Store.ReleaseLease(rel, r.leaseName(), r.o.Holder); err != nil {
+	if err := r.o.Store.ResignLeader(rel, r.leaseName(), r.o.Holder, held); err != nil {
 		r.log.Warn("release lease", "err", err)
 	}
 	return nil

@@ -12,19 +12,19 @@ import (
 
 func (r *Reconciler) leaseName() string { return "reconciler/" + r.ProviderName() }
 
-// awaitLease blocks until this node holds the lease, or ctx ends (false).
-// While another node holds it, this one is a follower: ready to serve, not
-// reconciling.
-func (r *Reconciler) awaitLease(ctx context.Context) bool {
+// awaitLease blocks until this node holds the lease and returns its term, or
+// 0 when ctx ends. While another node holds it, this one is a follower: ready
+// to serve, not reconciling.
+func (r *Reconciler) awaitLease(ctx context.Context) int64 {
 	following := false
 	for {
-		ok, err := r.tryLease(ctx)
+		term, ok, err := r.tryLease(ctx, 0)
 		switch {
 		case err != nil:
 			r.log.Warn("lease", "err", err)
 		case ok:
 			r.log.Info("this node reconciles the provider's pools", "lease", r.leaseName(), "holder", r.o.Holder)
-			return true
+			return term
 		case !following:
 			following = true
 			r.log.Info("another node reconciles the provider's pools; standing by", "lease", r.leaseName())
@@ -32,7 +32,7 @@ func (r *Reconciler) awaitLease(ctx context.Context) bool {
 		}
 		select {
 		case <-ctx.Done():
-			return false
+			return 0
 		case <-time.After(r.o.LeaseTTL / 3):
 		}
 	}
@@ -40,7 +40,7 @@ func (r *Reconciler) awaitLease(ctx context.Context) bool {
 
 // keepLease renews the lease every third of its TTL and calls lose when it
 // is taken by another node or cannot be renewed in time.
-func (r *Reconciler) keepLease(ctx context.Context, lose context.CancelFunc) {
+func (r *Reconciler) keepLease(ctx context.Context, term int64, lose context.CancelFunc) {
 	defer lose()
 	renewed := time.Now()
 	tick := time.NewTicker(r.o.LeaseTTL / 3)
@@ -51,7 +51,7 @@ func (r *Reconciler) keepLease(ctx context.Context, lose context.CancelFunc) {
 			return
 		case <-tick.C:
 		}
-		ok, err := r.tryLease(ctx)
+		_, ok, err := r.tryLease(ctx, term)
 		switch {
 		case err == nil && ok:
 			renewed = time.Now()
@@ -67,8 +67,13 @@ func (r *Reconciler) keepLease(ctx context.Context, lose context.CancelFunc) {
 	}
 }
 
-func (r *Reconciler) tryLease(ctx context.Context) (bool, error) {
+// tryLease elects this node (term 0) or re-elects it in term.
+func (r *Reconciler) tryLease(ctx context.Context, term int64) (int64, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.o.LeaseTTL/3)
 	defer cancel()
-	return r.o.Store.TryLease(ctx, r.leaseName(), r.o.Holder, r.o.LeaseTTL)
+	if term == 0 {
+		return r.o.Store.ElectLeader(ctx, r.leaseName(), r.o.Holder, r.o.LeaseTTL)
+	}
+	ok, err := r.o.Store.ReelectLeader(ctx, r.leaseName(), r.o.Holder, term, r.o.LeaseTTL)
+	return term, ok, err
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sandfleet/sandfleet/internal/leadership"
 	"github.com/sandfleet/sandfleet/internal/store"
 )
 
@@ -42,30 +43,24 @@ func (r *Reconciler) nextPass() time.Duration {
 
 // Run reconciles until ctx ends: it registers the pools, resumes journaled
 // operations, then passes on every trigger and every interval. With a Holder
-// it first takes the provider's lease, so that of several nodes sharing a
-// database one reconciles; the others stand by and take over when its lease
-// lapses. Operations still in flight when Run ends, or the lease is lost,
-// stay in the journal for the next leader to resume.
+// it first wins the provider's lease (package leadership), so that of several
+// nodes sharing a database one reconciles; the others stand by and take over
+// when its lease lapses or it resigns. Operations still in flight when Run
+// ends, or the lease is lost, stay in the journal for the next leader to
+// resume.
 func (r *Reconciler) Run(ctx context.Context) error {
 	if r.o.Holder == "" {
 		r.lead(ctx)
 		return nil
 	}
-	for ctx.Err() == nil {
-		if !r.awaitLease(ctx) {
-			break
-		}
-		term, lose := context.WithCancel(ctx)
-		go r.keepLease(term, lose)
-		r.lead(term)
-		lose()
+	el, err := leadership.New(r.o.Store, leadership.Config{
+		Name: "reconciler/" + r.ProviderName(), Holder: r.o.Holder, TTL: r.o.LeaseTTL, Logger: r.log,
+	})
+	if err != nil {
+		return fmt.Errorf("leadership: %w", err)
 	}
-	// Hand over at once on shutdown rather than after the lease lapses.
-	rel, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if err := r.o.Store.ReleaseLease(rel, r.leaseName(), r.o.Holder); err != nil {
-		r.log.Warn("release lease", "err", err)
-	}
+	// A standby is ready: it serves the API from the shared tables.
+	el.Run(ctx, r.lead, func() { r.firstOnce.Do(func() { close(r.firstPass) }) })
 	return nil
 }
 

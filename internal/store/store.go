@@ -227,11 +227,21 @@ type Store interface {
 	GetOperation(ctx context.Context, id int64) (Operation, error)
 	ListOperations(ctx context.Context, f OperationFilter) ([]Operation, error)
 
-	// TryLease takes or renews the lease called name for holder until
-	// now+ttl, unless another holder's lease on it has not expired. It
-	// reports whether holder has the lease. Leases elect the one node that
-	// reconciles a provider when several share a database.
-	TryLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error)
-	// ReleaseLease gives up holder's lease, if it has it.
-	ReleaseLease(ctx context.Context, name, holder string) error
+	// Leases elect the one node that does a job when several share a
+	// database (internal/leadership). A lease is held by one holder in one
+	// term, a number that only grows for its name, until an expiry set by
+	// the database's clock where it has one (PostgreSQL), else the process's.
+	//
+	// ElectLeader takes the lease called name for holder until now+ttl if it
+	// is free, expired, or already holder's (a node restarted under the same
+	// id takes its lease back at once), starting a new term, which it
+	// returns. Of several callers racing for it, exactly one is elected.
+	ElectLeader(ctx context.Context, name, holder string, ttl time.Duration) (term int64, elected bool, err error)
+	// ReelectLeader extends the lease to now+ttl only if holder holds it in
+	// term and it has not expired. False means the term is over: the lease
+	// lapsed or another election took it.
+	ReelectLeader(ctx context.Context, name, holder string, term int64, ttl time.Duration) (bool, error)
+	// ResignLeader frees the lease if holder holds it in term, so that
+	// another node can be elected at once; otherwise it does nothing.
+	ResignLeader(ctx context.Context, name, holder string, term int64) error
 }

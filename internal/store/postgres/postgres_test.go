@@ -41,10 +41,18 @@ func TestLeaseUsesTheDatabaseClock(t *testing.T) {
 	}
 	a, b := node(), node()
 	b.(interface{ SetClock(func() time.Time) }).SetClock(func() time.Time { return time.Now().Add(time.Hour) })
-	if ok, err := a.TryLease(ctx, "reconciler/azure", "node-a", time.Minute); err != nil || !ok {
+	term, ok, err := a.ElectLeader(ctx, "reconciler/azure", "node-a", time.Minute)
+	if err != nil || !ok {
 		t.Fatalf("node a: %v, %v", ok, err)
 	}
-	if ok, err := b.TryLease(ctx, "reconciler/azure", "node-b", time.Minute); err != nil || ok {
+	if _, ok, err := b.ElectLeader(ctx, "reconciler/azure", "node-b", time.Minute); err != nil || ok {
 		t.Fatalf("node b, an hour ahead, took a lease a minute old: %v, %v", ok, err)
+	}
+	a.(interface{ SetClock(func() time.Time) }).SetClock(func() time.Time { return time.Now().Add(-time.Hour) })
+	if ok, err := a.ReelectLeader(ctx, "reconciler/azure", "node-a", term, time.Minute); err != nil || !ok {
+		t.Fatalf("node a, now an hour behind, could not extend its lease: %v, %v", ok, err)
+	}
+	if _, ok, err := b.ElectLeader(ctx, "reconciler/azure", "node-b", time.Minute); err != nil || ok {
+		t.Fatalf("node b took a lease that node a, an hour behind, had just extended: %v, %v", ok, err)
 	}
 }

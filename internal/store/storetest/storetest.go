@@ -860,55 +860,106 @@ func testConcurrentWriters(t *testing.T, open func(t *testing.T) store.Store) {
 func testLeases(t *testing.T, open func(t *testing.T) store.Store) {
 	ctx := context.Background()
 	a, b := migrated(t, open), migrated(t, open)
-	try := func(s store.Store, holder string, ttl time.Duration, want bool) {
+	const name = "reconciler/azure"
+	elect := func(s store.Store, holder string, ttl time.Duration, wantTerm int64) {
 		t.Helper()
-		got, err := s.TryLease(ctx, "reconciler/azure", holder, ttl)
-		if err != nil || got != want {
-			t.Fatalf("TryLease(%s, %s) = %v, %v; want %v", holder, ttl, got, err, want)
+		term, ok, err := s.ElectLeader(ctx, name, holder, ttl)
+		if err != nil || ok != (wantTerm != 0) || term != wantTerm {
+			t.Fatalf("ElectLeader(%s, %s) = %d, %v, %v; want term %d", holder, ttl, term, ok, err, wantTerm)
 		}
 	}
-	try(a, "node-a", time.Minute, true)  // free: taken
-	try(b, "node-b", time.Minute, false) // held and unexpired
-	try(a, "node-a", time.Minute, true)  // renewed by its holder
-	if got, err := b.TryLease(ctx, "reconciler/static", "node-b", time.Minute); err != nil || !got {
-		t.Fatalf("another lease name is independent: %v, %v", got, err)
+	reelect := func(s store.Store, holder string, term int64, want bool) {
+		t.Helper()
+		ok, err := s.ReelectLeader(ctx, name, holder, term, time.Minute)
+		if err != nil || ok != want {
+			t.Fatalf("ReelectLeader(%s, term %d) = %v, %v; want %v", holder, term, ok, err, want)
+		}
 	}
-	if err := b.ReleaseLease(ctx, "reconciler/azure", "node-b"); err != nil {
-		t.Fatal(err) // not its lease: nothing happens
+	resign := func(s store.Store, holder string, term int64) {
+		t.Helper()
+		if err := s.ResignLeader(ctx, name, holder, term); err != nil {
+			t.Fatalf("ResignLeader(%s, term %d): %v", holder, term, err)
+		}
 	}
-	try(b, "node-b", time.Minute, false)
-	if err := a.ReleaseLease(ctx, "reconciler/azure", "node-a"); err != nil {
-		t.Fatal(err)
+
+	elect(a, "node-a", time.Minute, 1) // free: taken, first term
+	elect(b, "node-b", time.Minute, 0) // held and unexpired
+	reelect(a, "node-a", 1, true)      // extended by its holder in its term
+	reelect(a, "node-a", 2, false)     // a term it does not hold
+	reelect(b, "node-b", 1, false)     // not its lease
+	if term, ok, err := b.ElectLeader(ctx, "reconciler/static", "node-b", time.Minute); err != nil || !ok || term != 1 {
+		t.Fatalf("another lease name is independent: %d, %v, %v", term, ok, err)
 	}
-	try(b, "node-b", time.Nanosecond, true) // released: taken, expiring at once
-	try(a, "node-a", time.Minute, true)     // expired: taken over
-	try(b, "node-b", time.Minute, false)
-	if _, err := a.TryLease(ctx, "", "node-a", time.Minute); err == nil {
+
+	resign(b, "node-b", 1) // not its lease: nothing happens
+	resign(a, "node-a", 0) // a stale term: nothing happens
+	elect(b, "node-b", time.Minute, 0)
+	resign(a, "node-a", 1)
+	reelect(a, "node-a", 1, false)     // resigned terms stay over
+	elect(b, "node-b", time.Minute, 2) // free: taken, the term counting on
+
+	// The same holder, restarted, takes its lease back at once; the term it
+	// ran before is over.
+	elect(b, "node-b", time.Minute, 3)
+	reelect(b, "node-b", 2, false)
+	reelect(b, "node-b", 3, true)
+
+	// An expired term is not revived, and the next election is a new term.
+	resign(b, "node-b", 3)
+	elect(b, "node-b", 0, 4) // expiring at once
+	reelect(b, "node-b", 4, false)
+	elect(a, "node-a", time.Minute, 5) // expired: taken over
+	reelect(b, "node-b", 4, false)
+	elect(b, "node-b", time.Minute, 0)
+	reelect(a, "node-a", 5, true)
+
+	if _, _, err := a.ElectLeader(ctx, "", "node-a", time.Minute); err == nil {
 		t.Fatal("a lease without a name was accepted")
+	}
+	if _, _, err := a.ElectLeader(ctx, name, "", time.Minute); err == nil {
+		t.Fatal("a lease without a holder was accepted")
 	}
 }
 
-// Two nodes racing for a free lease: exactly one gets it, every round.
+// Nodes racing on two handles for a free lease, then for the same lease once
+// its holder resigns: exactly one is elected each time, in the next term.
 func testRaceLease(t *testing.T, open func(t *testing.T) store.Store) {
 	ctx := context.Background()
 	nodes := []store.Store{migrated(t, open), migrated(t, open)}
 	const rounds, racers = 30, 8
-	for r := range rounds {
-		name := fmt.Sprintf("lease%d", r)
-		wins := make(chan string, racers)
+	type win struct {
+		i    int
+		term int64
+	}
+	elect := func(r int, name string) win {
+		t.Helper()
+		wins := make(chan win, racers)
 		race(racers, func(i int) {
-			holder := fmt.Sprintf("node-%d", i)
-			got, err := nodes[i%2].TryLease(ctx, name, holder, time.Minute)
+			term, ok, err := nodes[i%2].ElectLeader(ctx, name, fmt.Sprintf("node-%d", i), time.Minute)
 			if err != nil {
 				t.Errorf("round %d: %v", r, err)
 			}
-			if got {
-				wins <- holder
+			if ok {
+				wins <- win{i, term}
 			}
 		})
 		close(wins)
 		if n := len(wins); n != 1 {
 			t.Fatalf("round %d: %d holders got the lease, want exactly 1", r, n)
+		}
+		return <-wins
+	}
+	for r := range rounds {
+		name := fmt.Sprintf("lease%d", r)
+		w := elect(r, name)
+		if w.term != 1 {
+			t.Fatalf("round %d: first term %d, want 1", r, w.term)
+		}
+		if err := nodes[w.i%2].ResignLeader(ctx, name, fmt.Sprintf("node-%d", w.i), w.term); err != nil {
+			t.Fatal(err)
+		}
+		if w = elect(r, name); w.term != 2 {
+			t.Fatalf("round %d: after a resignation, term %d, want 2", r, w.term)
 		}
 	}
 }

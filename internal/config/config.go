@@ -67,6 +67,10 @@ type Timeouts struct {
 // Fleet configures the reconcilers.
 type Fleet struct {
 	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
+	// HealthInterval: how often a ready machine's guest agent is probed, so
+	// that an agent that died is noticed within this long, not when a task
+	// is sent to it.
+	HealthInterval time.Duration `yaml:"health_interval"`
 	// LeaseTTL: with several nodes on one database, one reconciles each
 	// provider under a lease; a dead leader's pools wait this long.
 	LeaseTTL time.Duration `yaml:"lease_ttl"`
@@ -208,7 +212,11 @@ func Default() *Config {
 			VMState:        300 * time.Second,
 			CloudOperation: 300 * time.Second,
 		},
-		Fleet: Fleet{ReconcileInterval: 30 * time.Second, LeaseTTL: 15 * time.Second},
+		Fleet: Fleet{
+			ReconcileInterval: 30 * time.Second,
+			HealthInterval:    30 * time.Second,
+			LeaseTTL:          15 * time.Second,
+		},
 		Azure: Azure{
 			Endpoint:                 "https://management.azure.com",
 			Credential:               "default",
@@ -322,6 +330,7 @@ func (c *Config) Validate() error {
 		"timeouts.default": c.Timeouts.Default, "timeouts.critical": c.Timeouts.Critical,
 		"timeouts.vm_state": c.Timeouts.VMState, "timeouts.cloud_operation": c.Timeouts.CloudOperation,
 		"fleet.reconcile_interval": c.Fleet.ReconcileInterval,
+		"fleet.health_interval":    c.Fleet.HealthInterval,
 		"azure.monitor_interval":   c.Azure.MonitorInterval,
 	} {
 		if d <= 0 {

@@ -24,7 +24,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatalf("defaults do not validate: %v", err)
 	}
 	if cfg.Listen != "127.0.0.1:8090" || cfg.Fleet.ReconcileInterval != 30*time.Second ||
-		cfg.Timeouts.CloudOperation != 300*time.Second || !cfg.Azure.Emulated() || len(cfg.Pools) != 1 {
+		cfg.Fleet.HealthInterval != 30*time.Second || cfg.Timeouts.CloudOperation != 300*time.Second || !cfg.Azure.Emulated() || len(cfg.Pools) != 1 {
 		t.Fatalf("unexpected defaults: %+v", cfg)
 	}
 	if got := cfg.DatabaseURL(); got != "sqlite://sandfleet-data/sandfleet.db" {
@@ -35,7 +35,7 @@ func TestDefaults(t *testing.T) {
 func TestFileOverridesDefaults(t *testing.T) {
 	cfg, err := load(t, `
 database: postgres://root@127.0.0.1:5432/x
-fleet: { reconcile_interval: 5s }
+fleet: { reconcile_interval: 5s, health_interval: 10s }
 guest: { upload_max_size: 2MiB }
 azure: { subscription_id: abc, credential: managed-identity, spot: true }
 pools:
@@ -47,8 +47,8 @@ pools:
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Fleet.ReconcileInterval != 5*time.Second || cfg.Guest.UploadMaxSize != 2<<20 || cfg.Azure.Emulated() ||
-		!cfg.Azure.Spot || cfg.Azure.ReimageBatchWindow != 4*time.Second || cfg.Pools[0].Machines[0].IP != "127.0.0.5" {
+	if cfg.Fleet.ReconcileInterval != 5*time.Second || cfg.Fleet.HealthInterval != 10*time.Second ||
+		cfg.Guest.UploadMaxSize != 2<<20 || cfg.Azure.Emulated() || !cfg.Azure.Spot || cfg.Azure.ReimageBatchWindow != 4*time.Second || cfg.Pools[0].Machines[0].IP != "127.0.0.5" {
 		t.Fatalf("got %+v", cfg)
 	}
 }
@@ -72,6 +72,8 @@ func TestValidationNamesTheKey(t *testing.T) {
 		{"azure: {credential: secret}\n", "azure.client_secret_file: required"},
 		{"azure: {credential: magic}\n", `azure.credential: "magic"`},
 		{"fleet: {lease_ttl: 1ns}\n", "fleet.lease_ttl: 1ns: must be at least 1s"},
+		{"fleet: {health_interval: 0s}\n", "fleet.health_interval: must be positive (an unbounded wait is not allowed)"},
+		{"fleet: {health_interval: -5s}\n", "fleet.health_interval: must be positive"},
 		{"azure: {scale_set_limit: -1}\n", "azure.scale_set_limit: must be >= 0"},
 		{"resultserver: {listen: nonsense}\n", `resultserver.listen: "nonsense" is not host:port`},
 		{"resultserver: {listen: 0.0.0.0:2042}\n", "resultserver.advertise_ip: required when resultserver.listen (0.0.0.0:2042)"},

@@ -13,6 +13,9 @@ func TestUnknownKeyNamesItsLine(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "line 3") || !strings.Contains(err.Error(), "reconcile_intervall") {
 		t.Fatalf("err = %v, want it to name line 3 and the key", err)
 	}
+	if !strings.Contains(err.Error(), "line 3: fleet.reconcile_intervall: unknown key") || goWords.MatchString(err.Error()) {
+		t.Fatalf("err = %v, want the key path and no Go type", err)
+	}
 }
 
 func TestDefaults(t *testing.T) {
@@ -153,15 +156,25 @@ func load(t *testing.T, yaml string) (*Config, error) {
 	return Load(path)
 }
 
-// FuzzDecode: no input panics the decoder or the validator, and whatever
-// decodes either validates or says which key is wrong.
+// FuzzDecode: no input panics the decoder or the validator, every decode
+// error says something on each of its lines, and whatever decodes either
+// validates or says which key is wrong.
 func FuzzDecode(f *testing.F) {
 	f.Add([]byte("listen: 127.0.0.1:8090\npools:\n  - {name: a, provider: azure, platform: windows, image: i, max_size: 2}\n"))
 	f.Add([]byte("guest: {upload_max_size: 100MiB}\n"))
 	f.Add([]byte("pools:\n  - {name: a, provider: static, platform: linux, machines: [{label: x, ip: 127.0.0.1}]}\n"))
+	f.Add([]byte("fleet: {reconcile_interval: fast, health_interval: 0s}\npools: [{initial_size: three, tags: x}]\n"))
+	f.Add([]byte("pools:\n  - &b {name: a, tags: [x]}\n  - <<: *b\n    name: b\n  - {<<: [*b, {arch: x86}]}\n"))
+	f.Add([]byte("pools: &x [*x, {<<: *x}]\nfleet: {lease_ttl: 1s, lease_ttl: 2s}\n"))
+	f.Add([]byte("azure: {dns_servers: &t [a, b]}\npools: [&p {machines: [&m {tags: *t}, *m]}, *p]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg := Default()
 		if err := Decode(data, cfg); err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if strings.TrimSpace(line) == "" {
+					t.Fatalf("decode error with an empty line: %q", err)
+				}
+			}
 			return
 		}
 		if err := cfg.Validate(); err != nil {

@@ -1,15 +1,13 @@
 // Package config loads and validates sandfleet's YAML configuration (SPEC §3).
 //
-// Decoding is strict: an unknown key is an error naming its line. Every default
-// lives in Default, and Validate reports problems by key path
-// (`pools[1].name: "win_10" contains "_"`).
+// Decoding is strict: an unknown key or a value of the wrong type is an error
+// naming its line and key path. Every default lives in Default, and Validate
+// reports problems by key path (`pools[1].name: "win_10" contains "_"`).
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"os"
@@ -67,11 +65,13 @@ type Timeouts struct {
 // Fleet configures the reconcilers.
 type Fleet struct {
 	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
+	// HealthInterval: how often a ready machine's guest agent is probed, so
+	// that an agent that died is noticed within this long, not when a task
+	// is sent to it.
+	HealthInterval time.Duration `yaml:"health_interval"`
 	// LeaseTTL: with several nodes on one database, one reconciles each
 	// provider under a lease; a dead leader's pools wait this long.
 	LeaseTTL time.Duration `yaml:"lease_ttl"`
-	// HealthInterval: how often a ready machine's guest agent is probed.
-	HealthInterval time.Duration `yaml:"health_interval"`
 }
 
 // Azure configures the Azure VMSS provider. An empty SubscriptionID selects the
@@ -155,11 +155,12 @@ type Guest struct {
 // Size is a byte count written as "100MiB", "2GB", "512KiB" or a plain number.
 type Size int64
 
-// UnmarshalYAML parses a Size.
+// UnmarshalYAML parses a Size. Its error is the bare complaint: Decode puts
+// the line and key path in front.
 func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 	v, err := ParseSize(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %w", n.Line, err)
+		return err
 	}
 	*s = v
 	return nil
@@ -181,14 +182,14 @@ func ParseSize(s string) (Size, error) {
 	}
 	mult, ok := sizeUnits[unit]
 	if !ok || num == "" {
-		return 0, fmt.Errorf("invalid size %q (want e.g. 100MiB)", s)
+		return 0, fmt.Errorf("%q is not a size (e.g. 100MiB)", s)
 	}
 	f, err := strconv.ParseFloat(num, 64)
 	if err != nil || f < 0 {
-		return 0, fmt.Errorf("invalid size %q (want e.g. 100MiB)", s)
+		return 0, fmt.Errorf("%q is not a size (e.g. 100MiB)", s)
 	}
 	if f*float64(mult) >= math.MaxInt64 {
-		return 0, fmt.Errorf("size %q is too large", s)
+		return 0, fmt.Errorf("%q is too large", s)
 	}
 	return Size(f * float64(mult)), nil
 }
@@ -210,7 +211,11 @@ func Default() *Config {
 			VMState:        300 * time.Second,
 			CloudOperation: 300 * time.Second,
 		},
-		Fleet: Fleet{ReconcileInterval: 30 * time.Second, LeaseTTL: 15 * time.Second, HealthInterval: 30 * time.Second},
+		Fleet: Fleet{
+			ReconcileInterval: 30 * time.Second,
+			HealthInterval:    30 * time.Second,
+			LeaseTTL:          15 * time.Second,
+		},
 		Azure: Azure{
 			Endpoint:                 "https://management.azure.com",
 			Credential:               "default",
@@ -286,23 +291,6 @@ func (c *Config) fillPoolDefaults() {
 	}
 }
 
-// Decode parses YAML into cfg strictly: unknown keys are errors with their line.
-func Decode(data []byte, cfg *Config) error {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(cfg); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil // an empty file is the defaults
-		}
-		return errors.New(strings.TrimPrefix(err.Error(), "yaml: "))
-	}
-	var more yaml.Node
-	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("line %d: a second YAML document; the configuration is one document", more.Line)
-	}
-	return nil
-}
-
 var poolNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`)
 
 // Validate checks cfg and returns every problem found, each naming its key.
@@ -324,6 +312,7 @@ func (c *Config) Validate() error {
 		"timeouts.default": c.Timeouts.Default, "timeouts.critical": c.Timeouts.Critical,
 		"timeouts.vm_state": c.Timeouts.VMState, "timeouts.cloud_operation": c.Timeouts.CloudOperation,
 		"fleet.reconcile_interval": c.Fleet.ReconcileInterval,
+		"fleet.health_interval":    c.Fleet.HealthInterval,
 		"azure.monitor_interval":   c.Azure.MonitorInterval,
 	} {
 		if d <= 0 {

@@ -13,6 +13,9 @@ func TestUnknownKeyNamesItsLine(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "line 3") || !strings.Contains(err.Error(), "reconcile_intervall") {
 		t.Fatalf("err = %v, want it to name line 3 and the key", err)
 	}
+	if !strings.Contains(err.Error(), "line 3: fleet.reconcile_intervall: unknown key") || goWords.MatchString(err.Error()) {
+		t.Fatalf("err = %v, want the key path and no Go type", err)
+	}
 }
 
 func TestDefaults(t *testing.T) {
@@ -24,7 +27,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatalf("defaults do not validate: %v", err)
 	}
 	if cfg.Listen != "127.0.0.1:8090" || cfg.Fleet.ReconcileInterval != 30*time.Second ||
-		cfg.Timeouts.CloudOperation != 300*time.Second || !cfg.Azure.Emulated() || len(cfg.Pools) != 1 {
+		cfg.Fleet.HealthInterval != 30*time.Second || cfg.Timeouts.CloudOperation != 300*time.Second || !cfg.Azure.Emulated() || len(cfg.Pools) != 1 {
 		t.Fatalf("unexpected defaults: %+v", cfg)
 	}
 	if got := cfg.DatabaseURL(); got != "sqlite://sandfleet-data/sandfleet.db" {
@@ -35,7 +38,7 @@ func TestDefaults(t *testing.T) {
 func TestFileOverridesDefaults(t *testing.T) {
 	cfg, err := load(t, `
 database: postgres://root@127.0.0.1:5432/x
-fleet: { reconcile_interval: 5s }
+fleet: { reconcile_interval: 5s, health_interval: 10s }
 guest: { upload_max_size: 2MiB }
 azure: { subscription_id: abc, credential: managed-identity, spot: true }
 pools:
@@ -47,8 +50,8 @@ pools:
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Fleet.ReconcileInterval != 5*time.Second || cfg.Guest.UploadMaxSize != 2<<20 || cfg.Azure.Emulated() ||
-		!cfg.Azure.Spot || cfg.Azure.ReimageBatchWindow != 4*time.Second || cfg.Pools[0].Machines[0].IP != "127.0.0.5" {
+	if cfg.Fleet.ReconcileInterval != 5*time.Second || cfg.Fleet.HealthInterval != 10*time.Second ||
+		cfg.Guest.UploadMaxSize != 2<<20 || cfg.Azure.Emulated() || !cfg.Azure.Spot || cfg.Azure.ReimageBatchWindow != 4*time.Second || cfg.Pools[0].Machines[0].IP != "127.0.0.5" {
 		t.Fatalf("got %+v", cfg)
 	}
 }
@@ -72,6 +75,8 @@ func TestValidationNamesTheKey(t *testing.T) {
 		{"azure: {credential: secret}\n", "azure.client_secret_file: required"},
 		{"azure: {credential: magic}\n", `azure.credential: "magic"`},
 		{"fleet: {lease_ttl: 1ns}\n", "fleet.lease_ttl: 1ns: must be at least 1s"},
+		{"fleet: {health_interval: 0s}\n", "fleet.health_interval: must be positive (an unbounded wait is not allowed)"},
+		{"fleet: {health_interval: -5s}\n", "fleet.health_interval: must be positive"},
 		{"azure: {scale_set_limit: -1}\n", "azure.scale_set_limit: must be >= 0"},
 		{"resultserver: {listen: nonsense}\n", `resultserver.listen: "nonsense" is not host:port`},
 		{"resultserver: {listen: 0.0.0.0:2042}\n", "resultserver.advertise_ip: required when resultserver.listen (0.0.0.0:2042)"},
@@ -151,15 +156,25 @@ func load(t *testing.T, yaml string) (*Config, error) {
 	return Load(path)
 }
 
-// FuzzDecode: no input panics the decoder or the validator, and whatever
-// decodes either validates or says which key is wrong.
+// FuzzDecode: no input panics the decoder or the validator, every decode
+// error says something on each of its lines, and whatever decodes either
+// validates or says which key is wrong.
 func FuzzDecode(f *testing.F) {
 	f.Add([]byte("listen: 127.0.0.1:8090\npools:\n  - {name: a, provider: azure, platform: windows, image: i, max_size: 2}\n"))
 	f.Add([]byte("guest: {upload_max_size: 100MiB}\n"))
 	f.Add([]byte("pools:\n  - {name: a, provider: static, platform: linux, machines: [{label: x, ip: 127.0.0.1}]}\n"))
+	f.Add([]byte("fleet: {reconcile_interval: fast, health_interval: 0s}\npools: [{initial_size: three, tags: x}]\n"))
+	f.Add([]byte("pools:\n  - &b {name: a, tags: [x]}\n  - <<: *b\n    name: b\n  - {<<: [*b, {arch: x86}]}\n"))
+	f.Add([]byte("pools: &x [*x, {<<: *x}]\nfleet: {lease_ttl: 1s, lease_ttl: 2s}\n"))
+	f.Add([]byte("azure: {dns_servers: &t [a, b]}\npools: [&p {machines: [&m {tags: *t}, *m]}, *p]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg := Default()
 		if err := Decode(data, cfg); err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if strings.TrimSpace(line) == "" {
+					t.Fatalf("decode error with an empty line: %q", err)
+				}
+			}
 			return
 		}
 		if err := cfg.Validate(); err != nil {

@@ -32,11 +32,14 @@ func opened(t *testing.T, url, dialect string) {
 func TestOpenSQLite(t *testing.T) {
 	dir := t.TempDir()
 	t.Chdir(dir)
+	if err := os.MkdirAll(filepath.Join("rel", "dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	opened(t, "sqlite://rel/dir/a.db", "sqlite")
 	if _, err := os.Stat(filepath.Join(dir, "rel", "dir", "a.db")); err != nil {
 		t.Errorf("relative path: %v", err)
 	}
-	abs := filepath.Join(t.TempDir(), "sub", "b.db")
+	abs := filepath.Join(t.TempDir(), "b.db")
 	opened(t, "sqlite://"+abs, "sqlite")
 	if _, err := os.Stat(abs); err != nil {
 		t.Errorf("absolute path: %v", err)
@@ -54,6 +57,7 @@ func TestOpenBadURL(t *testing.T) {
 		"host=db user=x password=secret":   "no scheme",
 		"sqlite://":                        "empty",
 		"sqlite://:memory:":                "file path",
+		"sqlite:///nonexistent-dir/x.db":   "directory /nonexistent-dir does not exist",
 		"postgres://root@127.0.0.1:1/none": "127.0.0.1:1",
 	} {
 		_, err := open.Open(context.Background(), url)

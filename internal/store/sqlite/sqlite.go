@@ -9,6 +9,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -36,8 +37,10 @@ var dialect = sqlstore.Dialect{
 	Time: func(t time.Time) any { return t.Format(timeFormat) },
 }
 
-// Open opens (creating it and its directory if need be) the SQLite database at
-// path. It does not migrate; call Migrate.
+// Open opens the SQLite database at path, creating the file but not its
+// directory: a directory that does not exist is more likely a mistyped path
+// than a wish for a new tree, and SQLite alone would say only "unable to open
+// database file". It does not migrate; call Migrate.
 func Open(ctx context.Context, path string) (store.Store, error) {
 	switch {
 	case path == "":
@@ -48,8 +51,14 @@ func Open(ctx context.Context, path string) (store.Store, error) {
 	case strings.ContainsAny(path, "?#"):
 		return nil, fmt.Errorf("sqlite %s: the path may not hold ? or #", path)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+	dir := filepath.Dir(path)
+	switch fi, err := os.Stat(dir); {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("sqlite %s: directory %s does not exist", path, dir)
+	case err != nil:
 		return nil, fmt.Errorf("sqlite %s: %w", path, err)
+	case !fi.IsDir():
+		return nil, fmt.Errorf("sqlite %s: %s is not a directory", path, dir)
 	}
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)") // applied first, before anything can be busy

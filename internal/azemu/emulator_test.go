@@ -14,6 +14,8 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
+
+	"github.com/sandfleet/sandfleet/internal/poll"
 )
 
 func TestScaleSetCreateListAndAgents(t *testing.T) {
@@ -326,9 +328,9 @@ func TestResumeTokenAcrossRestart(t *testing.T) {
 	if err := e2.Close(); err != nil {
 		t.Fatal(err)
 	}
-	// Let the operation's end pass while no emulator runs (wall time, not a
-	// condition to wait for).
-	time.Sleep(opts.LRODelay)
+	// The operation's end passes while no emulator runs.
+	ends := time.Now().Add(opts.LRODelay)
+	poll.Until(t, opts.LRODelay+5*time.Second, "the operation's end passes", func() bool { return time.Now().After(ends) })
 	// Asked for any port, the emulator comes back on the one it had.
 	e3 := startEmulator(t, opts)
 	if e3.Addr() != addr {

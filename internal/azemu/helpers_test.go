@@ -24,6 +24,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v7"
+
+	"github.com/sandfleet/sandfleet/internal/poll"
 )
 
 const (
@@ -115,23 +117,26 @@ func startEmulator(t *testing.T, opts Options) *Emulator {
 func startOn(t *testing.T, opts Options, addr string) *Emulator {
 	t.Helper()
 	opts.Listen = addr
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		e, err := New(opts)
-		if err != nil {
+	var (
+		e       *Emulator
+		lastErr error
+	)
+	err := poll.UntilCtx(context.Background(), 5*time.Second, func() bool {
+		var err error
+		if e, err = New(opts); err != nil {
 			t.Fatal(err)
 		}
-		err = e.Start()
-		if err == nil {
-			t.Cleanup(func() { _ = e.Close() })
-			return e
+		if lastErr = e.Start(); lastErr != nil {
+			_ = e.Close()
+			return false
 		}
-		_ = e.Close()
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return true
+	})
+	if err != nil {
+		t.Fatalf("start on %s: %v", addr, lastErr)
 	}
+	t.Cleanup(func() { _ = e.Close() })
+	return e
 }
 
 func ctxT(t *testing.T) context.Context {

@@ -15,7 +15,8 @@ import (
 func TestScaleInWaitsForFailedInstanceDelete(t *testing.T) {
 	st := openSQLite(t)
 	c := newCloud(t, 0, 2) // initial_size = max_size = 2
-	stop := run(c.reconciler(t, st))
+	r := c.reconciler(t, st)
+	stop := run(r)
 	defer stop()
 	poll.Until(t, 30*time.Second, "2 machines ready", func() bool { return countReady(t, st) == 2 })
 
@@ -29,7 +30,12 @@ func TestScaleInWaitsForFailedInstanceDelete(t *testing.T) {
 	poll.Until(t, 20*time.Second, "the failed instance deleted", func() bool {
 		return machineState(t, st, "win10x64_2") == store.Gone
 	})
-	time.Sleep(2 * time.Second) // let any scale-in in flight land
+	// Let the passes after the delete run and any operation they began end.
+	passes := r.PassStats().Passes
+	poll.Until(t, 20*time.Second, "three more passes, nothing in flight", func() bool {
+		ops, _ := st.ListOperations(context.Background(), store.OperationFilter{Unfinished: true})
+		return r.PassStats().Passes >= passes+3 && len(ops) == 0
+	})
 	for _, l := range []string{"win10x64_0", "win10x64_1"} {
 		if s := machineState(t, st, l); s != store.Ready {
 			evs, _ := st.MachineEvents(context.Background(), l)

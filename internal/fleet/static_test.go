@@ -157,15 +157,27 @@ func TestLabelConflictNeitherSpinsNorBlocks(t *testing.T) {
 		}}
 	r = fleet.New(fleet.Options{Store: st, Provider: static.New([]config.Pool{b}), Pools: []config.Pool{b},
 		Interval: time.Hour, OpTimeout: 10 * time.Second, Logger: testLogger()})
+	ctx := context.Background()
+	if err := r.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := r.Pass(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if machineState(t, st, "lab3") == "" {
+		t.Fatal("lab3 was not registered: the conflict on lab1 blocked it")
+	}
 	before := st.Stats().RoundTrips
-	stop = run(r)
-	time.Sleep(2 * time.Second)
-	stop()
+	if err := r.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
 	trips := st.Stats().RoundTrips - before
-	m, _ := st.GetMachine(context.Background(), "lab1")
-	if machineState(t, st, "lab3") == "" || trips > 200 {
-		t.Fatalf("lab3 registered: %v; %d database round trips in 2s with a 1h interval (spinning); lab1 still %s in unconfigured pool %q",
-			machineState(t, st, "lab3") != "", trips, m.State, m.Pool)
+	triggered, at := r.PendingWake()
+	if triggered || (!at.IsZero() && time.Until(at) < time.Minute) || trips > 20 {
+		t.Fatalf("after a pass over the conflict: another pass asked for (triggered %v, at %v), %d round trips; want the reconciler at rest",
+			triggered, at, trips)
 	}
 }
 
@@ -207,18 +219,19 @@ func TestRevivedMachineIsResetBeforeUse(t *testing.T) {
 	// lab1 is put back in the config.
 	stop = runWith(full)
 	defer stop()
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) {
-		if machineState(t, st, "lab1") == store.Ready {
-			out, _ := os.ReadFile(marker)
-			if !strings.Contains(string(out), "lab1") {
-				t.Fatalf("lab1 ran task 1's sample and is ready again without reset_command having run (resets: %q)", out)
-			}
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+	poll.Until(t, 10*time.Second, "lab1 back in service", func() bool { return machineState(t, st, "lab1") == store.Ready })
+	out, _ := os.ReadFile(marker)
+	if !strings.Contains(string(out), "lab1") {
+		t.Fatalf("lab1 ran task 1's sample and is ready again without reset_command having run (resets: %q)", out)
 	}
-	t.Logf("lab1 ended %s", machineState(t, st, "lab1"))
+	evs, _ := st.MachineEvents(ctx, "lab1")
+	var path []string
+	for _, e := range evs {
+		path = append(path, string(e.To))
+	}
+	if got, want := strings.Join(path, " "), "gone dirty reimaging provisioning ready"; !strings.HasSuffix(got, want) {
+		t.Fatalf("lab1 went through %q, want it to end with %q", got, want)
+	}
 }
 
 // labPool is a static pool of two machines, lab1 (tagged win10) and lab2,

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sandfleet/sandfleet/internal/config"
+	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/provider"
 	"github.com/sandfleet/sandfleet/internal/provider/providertest"
 	"github.com/sandfleet/sandfleet/internal/provider/static"
@@ -158,13 +159,9 @@ func TestReimageBoundedByContext(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the script did not record its child: %v", err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for running(strings.TrimSpace(string(pid))) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the reset command's child %s outlived the deadline", pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, 5*time.Second, "the reset command's child "+string(pid)+" ended with its deadline", func() bool {
+		return !running(strings.TrimSpace(string(pid)))
+	})
 }
 
 // running reports whether process pid exists and is not a zombie.

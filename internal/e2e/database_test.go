@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/store/postgres/pgtest"
 )
 
@@ -36,18 +37,20 @@ func TestServeWaitsForDatabase(t *testing.T) {
 
 	dir := t.TempDir()
 	listen := freePort(t)
+	agentIP, agentPort := fakeAgent(t)
 	conf := filepath.Join(dir, "sandfleet.yaml")
 	yaml := fmt.Sprintf(`listen: %s
 data_dir: %s
 database: %s
 fleet: { reconcile_interval: 1s }
+guest: { agent_port: %d }
 pools:
   - name: lab
     provider: static
     platform: windows
     machines:
-      - { label: lab1, ip: 127.0.0.31, arch: x64 }
-`, listen, dir, down.String())
+      - { label: lab1, ip: %s, arch: x64 }
+`, listen, dir, down.String(), agentPort, agentIP)
 	if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +75,7 @@ pools:
 		json.NewDecoder(resp.Body).Decode(&ready)
 		return resp.StatusCode
 	}
-	waitFor(t, 30*time.Second, "/readyz 503 naming the database and a failed attempt", func() bool {
+	poll.Until(t, 30*time.Second, "/readyz 503 naming the database and a failed attempt", func() bool {
 		alive()
 		return readyz() == 503 && ready["status"] == "database unavailable" && ready["error"] != "not open yet"
 	})
@@ -80,7 +83,7 @@ pools:
 		!strings.Contains(ready["database"], "xxxxx") || ready["error"] == "" {
 		t.Errorf("/readyz while the database is down: %v, want the database %s (password masked) and the error", ready, want)
 	}
-	waitFor(t, 10*time.Second, "a second attempt, after backing off", func() bool {
+	poll.Until(t, 10*time.Second, "a second attempt, after backing off", func() bool {
 		alive()
 		return strings.Contains(d.output(), "retry_in=2s")
 	})
@@ -104,7 +107,7 @@ pools:
 	alive()
 
 	proxyTCP(t, addr, real.Host)
-	waitFor(t, 60*time.Second, "/readyz 200 once the database answers", func() bool {
+	poll.Until(t, 60*time.Second, "/readyz 200 once the database answers", func() bool {
 		alive()
 		return readyz() == 200
 	})

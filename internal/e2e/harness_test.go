@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -12,13 +11,17 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sandfleet/sandfleet/internal/poll"
 )
 
 var binary string
@@ -38,6 +41,20 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// fakeAgent answers GET / as CAPE's guest agent does, on 127.0.0.1, and
+// returns its IP and port: the agent of a static machine.
+func fakeAgent(t *testing.T) (string, int) {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"message": "CAPE Agent!", "version": "0.22", "features": [], "status_code": 200}`))
+	}))
+	t.Cleanup(srv.Close)
+	host, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	p, _ := strconv.Atoi(port)
+	return host, p
 }
 
 func freePort(t *testing.T) string {
@@ -124,10 +141,15 @@ type emulator struct {
 
 func startEmulator(t *testing.T, state string, extra ...string) *emulator {
 	t.Helper()
-	addr := freePort(t)
+	return startEmulatorOn(t, freePort(t), state, extra...)
+}
+
+// startEmulatorOn starts the emulator listening on addr.
+func startEmulatorOn(t *testing.T, addr, state string, extra ...string) *emulator {
+	t.Helper()
 	e := &emulator{url: "https://" + addr, state: state}
 	e.proc = start(t, append([]string{"emulator", "--listen", addr, "--state", state}, extra...)...)
-	waitFor(t, 30*time.Second, "emulator up", func() bool {
+	poll.Until(t, 30*time.Second, "emulator up", func() bool {
 		pem, err := os.ReadFile(filepath.Join(state, "ca.pem"))
 		if err != nil {
 			return false
@@ -169,10 +191,11 @@ func (e *emulator) do(t *testing.T, method, path string, body any) []byte {
 }
 
 type request struct {
-	Time   string `json:"time"`
-	Method string `json:"method"`
-	Path   string `json:"path"`
-	Status int    `json:"status"`
+	Time   string          `json:"time"`
+	Method string          `json:"method"`
+	Path   string          `json:"path"`
+	Status int             `json:"status"`
+	Body   json.RawMessage `json:"body"`
 }
 
 func (e *emulator) requests(t *testing.T) []request {
@@ -209,6 +232,8 @@ type daemonConfig struct {
 	Size     int
 	Interval string
 	LeaseTTL string
+	// Health is fleet.health_interval; default 30s.
+	Health string
 }
 
 func writeConfig(t *testing.T, c daemonConfig) (path, listen string) {
@@ -222,6 +247,10 @@ func writeConfig(t *testing.T, c daemonConfig) (path, listen string) {
 	if lease == "" {
 		lease = "15s"
 	}
+	health := c.Health
+	if health == "" {
+		health = "30s"
+	}
 	db := c.Database
 	if db == "" {
 		db = "sqlite://" + filepath.Join(c.DataDir, "sandfleet.db")
@@ -232,6 +261,7 @@ database: %s
 fleet:
   reconcile_interval: %s
   lease_ttl: %s
+  health_interval: %s
 timeouts:
   cloud_operation: 120s
 azure:
@@ -250,7 +280,7 @@ pools:
     image: win10-gallery-image
     initial_size: %d
     max_size: 20
-`, listen, c.DataDir, db, interval, lease, c.Emulator.url, filepath.Join(c.Emulator.state, "ca.pem"), c.Size)
+`, listen, c.DataDir, db, interval, lease, health, c.Emulator.url, filepath.Join(c.Emulator.state, "ca.pem"), c.Size)
 	path = filepath.Join(c.DataDir, "sandfleet.yaml")
 	if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -265,7 +295,7 @@ func startDaemon(t *testing.T, conf, listen string) *daemon {
 	t.Helper()
 	d := &daemon{api: "http://" + listen, conf: conf}
 	d.proc = start(t, "serve", "--config", conf)
-	waitFor(t, 30*time.Second, "daemon answers", func() bool { return d.answers("/healthz") })
+	poll.Until(t, 30*time.Second, "daemon answers", func() bool { return d.answers("/healthz") })
 	return d
 }
 
@@ -312,6 +342,28 @@ func (d *daemon) get(t *testing.T, path string, data any) error {
 	return json.Unmarshal(env.Data, data)
 }
 
+// metric reads one sample of /metrics by its name and labels as exposed,
+// e.g. `sandfleet_drift{pool="win10x64"}`; -1 if it is not there.
+func (d *daemon) metric(t *testing.T, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(d.api + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatalf("metric %s: %q", series, v)
+			}
+			return f
+		}
+	}
+	return -1
+}
+
 func (d *daemon) machines(t *testing.T) []machine {
 	t.Helper()
 	var ms []machine
@@ -335,7 +387,7 @@ func live(ms []machine) map[string]machine {
 func (d *daemon) waitReady(t *testing.T, n int, within time.Duration) map[string]machine {
 	t.Helper()
 	var got map[string]machine
-	waitFor(t, within, fmt.Sprintf("%d machines ready", n), func() bool {
+	poll.Until(t, within, fmt.Sprintf("%d machines ready", n), func() bool {
 		var ms []machine
 		if d.get(t, "/apiv2/machines/list/", &ms) != nil {
 			return false
@@ -366,19 +418,4 @@ func (d *daemon) check(t *testing.T) (int, string) {
 	}
 	t.Fatalf("check: %v", err)
 	return -1, ""
-}
-
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), within)
-	defer cancel()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out after %s waiting for: %s", within, what)
-		case <-tick.C:
-		}
-	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/store/postgres/pgtest"
 )
 
@@ -76,7 +77,7 @@ func TestKillDuringCreateResumes(t *testing.T) {
 			State     string `json:"state"`
 			Resumable bool   `json:"resumable"`
 		}
-		waitFor(t, 30*time.Second, "create operation journaled with its resume token", func() bool {
+		poll.Until(t, 30*time.Second, "create operation journaled with its resume token", func() bool {
 			if d.get(t, "/apiv2/operations/list/", &ops) != nil {
 				return false
 			}
@@ -128,13 +129,13 @@ func TestDriftBehindOurBack(t *testing.T) {
 			t.Errorf("check right after removal: exit %d, want 1 naming %s\n%s", code, victim, out)
 		}
 	}
-	waitFor(t, 10*time.Second, victim+" marked gone", func() bool {
+	poll.Until(t, 10*time.Second, victim+" marked gone", func() bool {
 		var m machine
 		return d.get(t, "/apiv2/machines/view/"+victim+"/", &m) == nil && m.State == "gone"
 	})
 	// The pool is brought back to its size with a new instance.
 	d.waitReady(t, 3, 30*time.Second)
-	waitFor(t, 10*time.Second, "check consistent after removal", func() bool { code, _ := d.check(t); return code == 0 })
+	poll.Until(t, 10*time.Second, "check consistent after removal", func() bool { code, _ := d.check(t); return code == 0 })
 
 	emu.do(t, "POST", "/_emulator/scalesets/win10x64/vms", map[string]any{})
 	d.waitReady(t, 4, 15*time.Second)
@@ -160,7 +161,7 @@ func TestThrottleKeepsLastView(t *testing.T) {
 	// Lose an instance while throttled: capacity drops below the pool's size.
 	victim := slices.Sorted(maps.Keys(ready))[0]
 	emu.do(t, "DELETE", "/_emulator/scalesets/win10x64/vms/"+ready[victim].InstanceID, nil)
-	waitFor(t, 10*time.Second, "throttle noticed", func() bool { return strings.Contains(d.output(), "provider throttled") })
+	poll.Until(t, 10*time.Second, "throttle noticed", func() bool { return strings.Contains(d.output(), "provider throttled") })
 	// An unread pool may hide drift or none: check cannot tell, which is not
 	// the drift answer (1).
 	if code, out := d.check(t); code != 2 || !strings.Contains(out, "win10x64: unknown") || !strings.Contains(out, "cannot tell") {
@@ -170,19 +171,23 @@ func TestThrottleKeepsLastView(t *testing.T) {
 	if got := live(d.machines(t)); len(got) != 3 || got[victim].State != "ready" {
 		t.Errorf("while throttled the machine table changed: %v", got)
 	}
-	time.Sleep(3 * time.Second) // let the daemon's own timers fire inside the window
+	// Let the daemon's own timers fire inside the window: two more passes
+	// that found the provider throttled.
+	const skipped = `sandfleet_reconcile_passes_total{provider="azure",outcome="throttled"}`
+	before := d.metric(t, skipped)
+	poll.Until(t, 10*time.Second, "two more throttled passes", func() bool { return d.metric(t, skipped) >= before+2 })
 	for _, r := range emu.requests(t)[throttledAt:] {
 		if r.Method != "GET" {
 			t.Errorf("write sent while throttled: %s %s", r.Method, r.Path)
 		}
 	}
 	emu.do(t, "POST", "/_emulator/faults", map[string]any{"clear": true})
-	waitFor(t, 30*time.Second, victim+" gone after the throttle", func() bool {
+	poll.Until(t, 30*time.Second, victim+" gone after the throttle", func() bool {
 		var m machine
 		return d.get(t, "/apiv2/machines/view/"+victim+"/", &m) == nil && m.State == "gone"
 	})
 	d.waitReady(t, 3, 30*time.Second)
-	waitFor(t, 10*time.Second, "check consistent", func() bool { code, _ := d.check(t); return code == 0 })
+	poll.Until(t, 10*time.Second, "check consistent", func() bool { code, _ := d.check(t); return code == 0 })
 	if n := strings.Count(d.output(), "provider throttled"); n != 1 {
 		t.Errorf("throttle logged %d times in one window, want 1", n)
 	}
@@ -222,7 +227,7 @@ func TestSecondNodeTakesOver(t *testing.T) {
 	a := startDaemon(t, confA, listenA)
 	ready := a.waitReady(t, 3, 60*time.Second)
 	b := startDaemon(t, confB, listenB)
-	waitFor(t, 10*time.Second, "second node ready as a follower", func() bool { return b.answers("/readyz") })
+	poll.Until(t, 10*time.Second, "second node ready as a follower", func() bool { return b.answers("/readyz") })
 	if got := live(b.machines(t)); len(got) != 3 {
 		t.Fatalf("the second node serves %d machines, want the same 3", len(got))
 	}
@@ -230,7 +235,7 @@ func TestSecondNodeTakesOver(t *testing.T) {
 
 	victim := slices.Sorted(maps.Keys(ready))[0]
 	emu.do(t, "DELETE", "/_emulator/scalesets/win10x64/vms/"+ready[victim].InstanceID, nil)
-	waitFor(t, 30*time.Second, victim+" marked gone by the second node", func() bool {
+	poll.Until(t, 30*time.Second, victim+" marked gone by the second node", func() bool {
 		var m machine
 		return b.get(t, "/apiv2/machines/view/"+victim+"/", &m) == nil && m.State == "gone"
 	})
@@ -241,7 +246,7 @@ func TestSecondNodeTakesOver(t *testing.T) {
 	if n := count(emu.requests(t), "PUT", "/virtualMachineScaleSets/win10x64"); n != 1 {
 		t.Errorf("scale set PUT %d times, want 1", n)
 	}
-	if !strings.Contains(b.output(), "standing by") || !strings.Contains(b.output(), "this node reconciles") {
+	if !strings.Contains(b.output(), "standing by") || !strings.Contains(b.output(), "elected leader") {
 		t.Errorf("the second node did not stand by, then take over:\n%s", tail(b.output(), 30))
 	}
 }

@@ -2,6 +2,7 @@ package azemu
 
 import (
 	"encoding/json"
+	"strings"
 	"sync"
 	"time"
 )
@@ -70,4 +71,29 @@ func loggedBody(b []byte) json.RawMessage {
 	}
 	s, _ := json.Marshal(string(b))
 	return s
+}
+
+// AcceptedPerInstance reads a request log (Requests, or GET
+// /_emulator/requests) and counts, per instance id, the accepted (2xx)
+// requests of method to a path ending in suffix (case-insensitive) whose body
+// names the instance in instanceIds: how often an operation on each instance
+// reached the cloud, e.g. AcceptedPerInstance(rs, "POST", "/reimage").
+func AcceptedPerInstance(rs []RequestRecord, method, suffix string) map[string]int {
+	out := map[string]int{}
+	for _, r := range rs {
+		if r.Method != method || r.Status < 200 || r.Status >= 300 ||
+			!strings.HasSuffix(strings.ToLower(r.Path), strings.ToLower(suffix)) {
+			continue
+		}
+		var body struct {
+			InstanceIDs []string `json:"instanceIds"`
+		}
+		if json.Unmarshal(r.Body, &body) != nil {
+			continue
+		}
+		for _, id := range body.InstanceIDs {
+			out[id]++
+		}
+	}
+	return out
 }

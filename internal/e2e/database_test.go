@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandfleet/sandfleet/internal/guest/guesttest"
 	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/store/postgres/pgtest"
 )
@@ -37,7 +38,7 @@ func TestServeWaitsForDatabase(t *testing.T) {
 
 	dir := t.TempDir()
 	listen := freePort(t)
-	agentIP, agentPort := fakeAgent(t)
+	agentIP, agentPort := guesttest.Agent(t)
 	conf := filepath.Join(dir, "sandfleet.yaml")
 	yaml := fmt.Sprintf(`listen: %s
 data_dir: %s

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -10,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandfleet/sandfleet/internal/azemu"
 	"github.com/sandfleet/sandfleet/internal/poll"
 )
 
@@ -24,26 +24,9 @@ func (d *daemon) post(t *testing.T, path string, form url.Values) int {
 	return resp.StatusCode
 }
 
-// acceptedReimages counts, per instance, the reimage POSTs the emulator
-// accepted (2xx): how often each reimage reached the cloud.
-func acceptedReimages(t *testing.T, rs []request) map[string]int {
-	t.Helper()
-	out := map[string]int{}
-	for _, r := range rs {
-		if r.Method != "POST" || !strings.HasSuffix(strings.ToLower(r.Path), "/reimage") || r.Status >= 300 {
-			continue
-		}
-		var body struct {
-			InstanceIDs []string `json:"instanceIds"`
-		}
-		if err := json.Unmarshal(r.Body, &body); err != nil {
-			t.Fatalf("reimage body %s: %v", r.Body, err)
-		}
-		for _, id := range body.InstanceIDs {
-			out[id]++
-		}
-	}
-	return out
+// acceptedReimages counts, per instance, the reimages the cloud accepted.
+func acceptedReimages(rs []request) map[string]int {
+	return azemu.AcceptedPerInstance(rs, "POST", "/reimage")
 }
 
 // releaseDirty takes ready machines out of service and puts them back, as an
@@ -88,7 +71,7 @@ func TestFlakyCloudDuringReimages(t *testing.T) {
 	}
 	_ = poll.UntilCtx(context.Background(), 60*time.Second, func() bool {
 		rs := emu.requests(t)
-		return len(acceptedReimages(t, rs)) == 4 && failedPolls(rs) >= 5
+		return len(acceptedReimages(rs)) == 4 && failedPolls(rs) >= 5
 	})
 	emu.do(t, "POST", "/_emulator/faults", map[string]any{"clear": true})
 	ready := d.waitReady(t, 4, 90*time.Second)
@@ -100,7 +83,7 @@ func TestFlakyCloudDuringReimages(t *testing.T) {
 			t.Errorf("%s is %s, want ready", l, ready[l].State)
 		}
 	}
-	for id, n := range acceptedReimages(t, emu.requests(t)) {
+	for id, n := range acceptedReimages(emu.requests(t)) {
 		if n != 1 {
 			t.Errorf("instance %s: reimage accepted %d times, want once", id, n)
 		}

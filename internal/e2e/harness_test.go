@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandfleet/sandfleet/internal/azemu"
 	"github.com/sandfleet/sandfleet/internal/poll"
 )
 
@@ -41,20 +41,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// fakeAgent answers GET / as CAPE's guest agent does, on 127.0.0.1, and
-// returns its IP and port: the agent of a static machine.
-func fakeAgent(t *testing.T) (string, int) {
-	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.Write([]byte(`{"message": "CAPE Agent!", "version": "0.22", "features": [], "status_code": 200}`))
-	}))
-	t.Cleanup(srv.Close)
-	host, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
-	p, _ := strconv.Atoi(port)
-	return host, p
 }
 
 func freePort(t *testing.T) string {
@@ -190,13 +176,8 @@ func (e *emulator) do(t *testing.T, method, path string, body any) []byte {
 	return out
 }
 
-type request struct {
-	Time   string          `json:"time"`
-	Method string          `json:"method"`
-	Path   string          `json:"path"`
-	Status int             `json:"status"`
-	Body   json.RawMessage `json:"body"`
-}
+// request is one ARM request the emulator served.
+type request = azemu.RequestRecord
 
 func (e *emulator) requests(t *testing.T) []request {
 	t.Helper()

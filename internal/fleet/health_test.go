@@ -2,10 +2,6 @@ package fleet_test
 
 import (
 	"context"
-	"net"
-	"net/http"
-	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,20 +12,6 @@ import (
 	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/store"
 )
-
-// fakeAgent answers GET / as CAPE's agent does, on 127.0.0.1, and returns its
-// IP and port.
-func fakeAgent(t *testing.T) (string, int) {
-	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.Write([]byte(`{"message": "CAPE Agent!", "version": "0.22", "features": [], "status_code": 200}`))
-	}))
-	t.Cleanup(srv.Close)
-	host, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
-	p, _ := strconv.Atoi(port)
-	return host, p
-}
 
 func agentClient(port int) *guest.Client { return guest.NewClient(port, time.Second) }
 

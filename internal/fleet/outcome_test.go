@@ -2,7 +2,6 @@ package fleet_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -13,32 +12,16 @@ import (
 	"github.com/sandfleet/sandfleet/internal/azemu"
 	"github.com/sandfleet/sandfleet/internal/config"
 	"github.com/sandfleet/sandfleet/internal/fleet"
+	"github.com/sandfleet/sandfleet/internal/guest/guesttest"
 	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/provider"
 	"github.com/sandfleet/sandfleet/internal/provider/static"
 	"github.com/sandfleet/sandfleet/internal/store"
 )
 
-// acceptedReimages returns, for each instance, how many reimage POSTs that
-// the emulator accepted (2xx) named it.
-func (c *cloud) acceptedReimages(t *testing.T) map[string]int {
-	t.Helper()
-	out := map[string]int{}
-	for _, r := range c.emu.Requests() {
-		if r.Method != "POST" || !strings.HasSuffix(strings.ToLower(r.Path), "/reimage") || r.Status >= 300 {
-			continue
-		}
-		var body struct {
-			InstanceIDs []string `json:"instanceIds"`
-		}
-		if err := json.Unmarshal(r.Body, &body); err != nil {
-			t.Fatalf("reimage body %s: %v", r.Body, err)
-		}
-		for _, id := range body.InstanceIDs {
-			out[id]++
-		}
-	}
-	return out
+// acceptedReimages counts, per instance, the reimages the cloud accepted.
+func (c *cloud) acceptedReimages() map[string]int {
+	return azemu.AcceptedPerInstance(c.emu.Requests(), "POST", "/reimage")
 }
 
 // A cloud that fails most requests while reimages are in flight does not make
@@ -57,7 +40,7 @@ func TestFailedPollsAreNotFailedOperations(t *testing.T) {
 		walk(t, st, fmt.Sprintf("win10x64_%d", i), store.Leased, store.Dirty)
 	}
 	poll.Until(t, 60*time.Second, "a reimage accepted for every machine", func() bool {
-		return len(c.acceptedReimages(t)) == 4
+		return len(c.acceptedReimages()) == 4
 	})
 	poll.Until(t, 30*time.Second, "polls failing", func() bool {
 		failed := 0
@@ -76,7 +59,7 @@ func TestFailedPollsAreNotFailedOperations(t *testing.T) {
 		t.Fatal(err)
 	}
 	poll.Until(t, 60*time.Second, "4 machines ready", func() bool { return countReady(t, st) == 4 })
-	for id, n := range c.acceptedReimages(t) {
+	for id, n := range c.acceptedReimages() {
 		if n != 1 {
 			t.Errorf("instance %s: reimage accepted %d times, want 1", id, n)
 		}
@@ -285,7 +268,7 @@ func TestRepeatedFailedDeletesQuarantine(t *testing.T) {
 // quarantined, its reason naming the wait.
 func TestSilentStaticMachineQuarantined(t *testing.T) {
 	st := openSQLite(t)
-	agentIP, port := fakeAgent(t)
+	agentIP, port := guesttest.Agent(t)
 	pool := config.Pool{Name: "lab", Provider: "static", Platform: "windows", Machines: []config.StaticMachine{
 		{Label: "alive", IP: agentIP, Arch: "x64"},
 		{Label: "mute", IP: "127.0.0.2", Arch: "x64"},

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -47,7 +46,8 @@ func (d *daemon) releaseDirty(t *testing.T, labels ...string) {
 
 // A cloud that fails 70 % of its requests while four reimages run does not
 // make sandfleet issue them twice, nor quarantine machines whose reimage
-// succeeded: failed polls are polled again.
+// succeeded: failed polls are polled again until the reimages report their
+// end.
 func TestFlakyCloudDuringReimages(t *testing.T) {
 	emu := startEmulator(t, t.TempDir(), "--lro-delay", "3s")
 	dir := t.TempDir()
@@ -55,29 +55,32 @@ func TestFlakyCloudDuringReimages(t *testing.T) {
 	d := startDaemon(t, conf, listen)
 	d.waitReady(t, 4, 60*time.Second)
 
-	emu.do(t, "POST", "/_emulator/faults", map[string]any{"error_rate": 0.7})
 	labels := []string{"win10x64_0", "win10x64_1", "win10x64_2", "win10x64_3"}
 	d.releaseDirty(t, labels...)
-	// The faults last 60 s, or until every reimage was accepted and polls of
-	// them failed.
-	failedPolls := func(rs []request) int {
-		n := 0
-		for _, r := range rs {
-			if r.Status >= 500 && strings.Contains(r.Path, "/operations/") {
-				n++
+	poll.Until(t, 30*time.Second, "every reimage accepted", func() bool {
+		return len(acceptedReimages(emu.requests(t))) == 4
+	})
+	// While they run, the cloud fails 70 % of requests, for at most 60 s.
+	emu.do(t, "POST", "/_emulator/faults", map[string]any{"error_rate": 0.7})
+	poll.Until(t, 60*time.Second, "the reimages seen to end through the failures", func() bool {
+		for _, m := range d.machines(t) {
+			if m.State == "dirty" || m.State == "reimaging" {
+				return false
 			}
 		}
-		return n
-	}
-	_ = poll.UntilCtx(context.Background(), 60*time.Second, func() bool {
-		rs := emu.requests(t)
-		return len(acceptedReimages(rs)) == 4 && failedPolls(rs) >= 5
+		return true
 	})
+	failed := 0
+	for _, r := range emu.requests(t) {
+		if r.Status >= 500 && strings.Contains(r.Path, "/operations/") {
+			failed++
+		}
+	}
 	emu.do(t, "POST", "/_emulator/faults", map[string]any{"clear": true})
-	ready := d.waitReady(t, 4, 90*time.Second)
-	if failedPolls(emu.requests(t)) == 0 {
+	if failed == 0 {
 		t.Fatal("no poll of a reimage failed: the test proved nothing")
 	}
+	ready := d.waitReady(t, 4, 60*time.Second)
 	for _, l := range labels {
 		if ready[l].State != "ready" {
 			t.Errorf("%s is %s, want ready", l, ready[l].State)

@@ -79,7 +79,9 @@ type Machine struct {
 	// Failures counts the operations on this machine (reimages, deletes)
 	// that failed in a row since the last one that succeeded. Leaving
 	// quarantine clears it: an operator vouched for the machine.
-	Failures  int
+	Failures int
+	// TaskID is the task holding the machine while it is leased; 0 otherwise.
+	TaskID    int64
 	Version   int64 // bumped by every change; compare-and-set key
 	CreatedAt time.Time
 }
@@ -107,6 +109,9 @@ type Transition struct {
 	IP               *string
 	QuarantineReason *string // set on entering Quarantined; cleared on leaving it if nil
 	Failures         FailureCount
+	// TaskID is the task a move into Leased hands the machine to; leaving
+	// Leased clears it.
+	TaskID int64
 }
 
 // FailureCount is what a transition does to Machine.Failures.
@@ -232,6 +237,45 @@ type Store interface {
 	// term, a number that only grows for its name, until an expiry set by
 	// the database's clock where it has one (PostgreSQL), else the process's.
 	//
+	// PutSample stores a sample's record by its SHA-256 and returns it; a
+	// sample already known is returned as it is.
+	PutSample(ctx context.Context, smp Sample) (Sample, error)
+	GetSample(ctx context.Context, id int64) (Sample, error)
+
+	// CreateTasks inserts tasks as pending, each with its creation event, in
+	// one transaction: all or none.
+	CreateTasks(ctx context.Context, ts []Task, cause string) ([]Task, error)
+	GetTask(ctx context.Context, id int64) (Task, error)
+	ListTasks(ctx context.Context, f TaskFilter) ([]Task, error)
+	// CountTasks counts tasks by status.
+	CountTasks(ctx context.Context) (map[TaskStatus]int, error)
+	// TaskEvents lists a task's events, oldest first.
+	TaskEvents(ctx context.Context, id int64) ([]TaskEvent, error)
+	// PendingTasks lists up to limit pending tasks in dispatch order:
+	// priority (highest first), then age.
+	PendingTasks(ctx context.Context, limit int) ([]Task, error)
+	// Lease hands machines to tasks, each pair in one compare-and-set (task
+	// pending → running, machine ready → leased): both or neither. The pairs
+	// share one short transaction; one results entry a request.
+	Lease(ctx context.Context, rs []LeaseRequest) ([]LeaseResult, error)
+	// RenewLeases extends node's leases on the running tasks ids by ttl; it
+	// returns the ids still held.
+	RenewLeases(ctx context.Context, node string, ids []int64, ttl time.Duration) ([]int64, error)
+	// ExpiredLeases lists running tasks whose lease expired by the
+	// database's clock.
+	ExpiredLeases(ctx context.Context) ([]Task, error)
+	// EndTask ends a running analysis; ErrStale if the task is not running
+	// under e.Node.
+	EndTask(ctx context.Context, e TaskEnd) (Task, error)
+	// RequeueTask puts a running task back in the queue (or fails it past
+	// its attempts); ErrStale if it is not running under r.Node.
+	RequeueTask(ctx context.Context, r Requeue) (Task, error)
+	// TransitionTask applies one compare-and-set on a task's status.
+	TransitionTask(ctx context.Context, t TaskTransition) (Task, error)
+	// DeleteTask removes a task that is not running, with its events and
+	// tags; ErrStale if it is running.
+	DeleteTask(ctx context.Context, id int64) error
+
 	// ElectLeader takes the lease called name for holder until now+ttl if it
 	// is free, expired, or already holder's (a node restarted under the same
 	// id takes its lease back at once), starting a new term, which it

@@ -18,7 +18,7 @@ const maxParams = 9000
 // machineColumns are the machines table's columns, in machineDest's order.
 var machineColumns = []string{"id", "name", "label", "pool", "instance_id", "arch", "ip", "platform",
 	"interface", "snapshot", "resultserver_ip", "resultserver_port", "reserved", "state",
-	"state_changed_on", "locked_changed_on", "quarantine_reason", "failures", "version", "created_at"}
+	"state_changed_on", "locked_changed_on", "quarantine_reason", "failures", "task_id", "version", "created_at"}
 
 var (
 	// machineReturning ends in a ? for tagSep.
@@ -32,7 +32,7 @@ var (
 func machineDest(m *store.Machine) []any {
 	return []any{&m.ID, &m.Name, &m.Label, &m.Pool, &m.InstanceID, &m.Arch, &m.IP, &m.Platform,
 		&m.Interface, &m.Snapshot, &m.ResultServerIP, &m.ResultServerPort, &m.Reserved, &m.State,
-		timeDest{&m.StateChangedOn}, timeDest{&m.LockedChangedOn}, &m.QuarantineReason, &m.Failures, &m.Version,
+		timeDest{&m.StateChangedOn}, timeDest{&m.LockedChangedOn}, &m.QuarantineReason, &m.Failures, &m.TaskID, &m.Version,
 		timeDest{&m.CreatedAt}, tagsDest{&m.Tags}}
 }
 
@@ -40,7 +40,7 @@ func machineDest(m *store.Machine) []any {
 func (s *Store) machineArgs(m *store.Machine) []any {
 	return []any{m.Name, m.Label, m.Pool, m.InstanceID, m.Arch, m.IP, m.Platform, m.Interface,
 		m.Snapshot, m.ResultServerIP, m.ResultServerPort, m.Reserved, m.State,
-		s.timeArg(m.StateChangedOn), s.timeArg(m.LockedChangedOn), m.QuarantineReason, m.Failures, m.Version,
+		s.timeArg(m.StateChangedOn), s.timeArg(m.LockedChangedOn), m.QuarantineReason, m.Failures, m.TaskID, m.Version,
 		s.timeArg(m.CreatedAt)}
 }
 
@@ -282,6 +282,13 @@ func (s *Store) transition(ctx context.Context, c conn, t store.Transition, now 
 	if (t.From == store.Leased) != (t.To == store.Leased) {
 		set = append(set, `locked_changed_on = ?`)
 		args = append(args, s.timeArg(now))
+	}
+	switch {
+	case t.To == store.Leased && t.TaskID != 0:
+		set = append(set, `task_id = ?`)
+		args = append(args, t.TaskID)
+	case t.To != store.Leased:
+		set = append(set, `task_id = 0`) // only a lease holds a task
 	}
 	if t.IP != nil {
 		set = append(set, `ip = ?`)

@@ -63,6 +63,11 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentWriters", testConcurrentWriters},
 		{"Leases", testLeases},
 		{"RaceLease", testRaceLease},
+		{"SamplesAndTasks", testSamplesAndTasks},
+		{"TaskLease", testTaskLease},
+		{"TaskRequeue", testTaskRequeue},
+		{"ExpiredLeases", testExpiredLeases},
+		{"RaceTaskLease", testRaceTaskLease},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -183,6 +183,9 @@ type Provider interface {
 	UpdateGroupImage(ctx context.Context, spec PoolSpec) (Op, error)
 	// ListInstances lists a group's instances with their IPs, all pages.
 	ListInstances(ctx context.Context, group string) ([]Instance, error)
+	// GetInstance reads one instance fresh — its state, not necessarily its
+	// IP. ErrNotFound if it (or its group) does not exist.
+	GetInstance(ctx context.Context, group, id string) (Instance, error)
 	// SetCapacity begins setting a group's capacity, conditional on etag (the
 	// ETag of a read made just before): ErrPreconditionFailed if it changed.
 	SetCapacity(ctx context.Context, group string, capacity int, etag string) (Op, error)

@@ -48,6 +48,18 @@ func (d *Driver) ListInstances(ctx context.Context, group string) ([]provider.In
 	return out, nil
 }
 
+// GetInstance reads one VM of a scale set with its instance view: one ARM
+// read, no NIC (the IP is the list's business).
+func (d *Driver) GetInstance(ctx context.Context, group, id string) (provider.Instance, error) {
+	resp, err := d.vms.Get(ctx, d.rg, group, id, &armcompute.VirtualMachineScaleSetVMsClientGetOptions{
+		Expand: to.Ptr(armcompute.InstanceViewTypesInstanceView),
+	})
+	if err != nil {
+		return provider.Instance{}, mapErr(fmt.Sprintf("get VM %s of scale set %s", id, group), err)
+	}
+	return instanceOf(&resp.VirtualMachineScaleSetVM), nil
+}
+
 func (d *Driver) listVMs(ctx context.Context, group string) ([]*armcompute.VirtualMachineScaleSetVM, error) {
 	var out []*armcompute.VirtualMachineScaleSetVM
 	pager := d.vms.NewListPager(d.rg, group, &armcompute.VirtualMachineScaleSetVMsClientListOptions{

@@ -70,6 +70,7 @@ func Run(t *testing.T, h Harness) {
 		{"GetGroup", testGetGroup},
 		{"CreateGroupThenListInstances", testCreateThenList},
 		{"UnknownGroupNotFound", testUnknownGroup},
+		{"GetInstance", testGetInstance},
 		{"TokenBeforeWait", testTokenBeforeWait},
 		{"ResumeFromToken", testResume},
 		{"BogusTokenRejected", testBogusToken},
@@ -291,6 +292,25 @@ func testUnknownGroup(t *testing.T, s *suite) {
 	}
 	if _, err := s.p().GetGroup(s.ctx, name); !errors.Is(err, provider.ErrNotFound) {
 		t.Errorf("GetGroup(%s) = %v, want ErrNotFound", name, err)
+	}
+}
+
+func testGetInstance(t *testing.T, s *suite) {
+	name, ins := s.group(t)
+	for _, in := range ins {
+		got, err := s.p().GetInstance(s.ctx, name, in.ID)
+		if err != nil {
+			t.Fatalf("GetInstance(%s, %s): %v", name, in.ID, err)
+		}
+		if got.ID != in.ID || got.Name != in.Name || got.State != provider.InstanceRunning {
+			t.Errorf("GetInstance(%s) = %+v, want %s running as listed", in.ID, got, in.Name)
+		}
+	}
+	if _, err := s.p().GetInstance(s.ctx, name, "no-such-instance"); !errors.Is(err, provider.ErrNotFound) {
+		t.Errorf("GetInstance(unknown id) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.p().GetInstance(s.ctx, "sandfleet-no-such-group", ins[0].ID); !errors.Is(err, provider.ErrNotFound) {
+		t.Errorf("GetInstance(unknown group) = %v, want ErrNotFound", err)
 	}
 }
 

@@ -98,6 +98,21 @@ func (d *Driver) ListInstances(ctx context.Context, name string) ([]provider.Ins
 	return out, nil
 }
 
+// GetInstance returns one configured machine, running as far as sandfleet
+// can tell; ErrNotFound if the configuration does not list it.
+func (d *Driver) GetInstance(ctx context.Context, name, id string) (provider.Instance, error) {
+	p, err := d.pool(name)
+	if err != nil {
+		return provider.Instance{}, err
+	}
+	for _, m := range p.Machines {
+		if m.Label == id {
+			return instance(p, m), nil
+		}
+	}
+	return provider.Instance{}, fmt.Errorf("static pool %q: machine %q: %w", name, id, provider.ErrNotFound)
+}
+
 func instance(p config.Pool, m config.StaticMachine) provider.Instance {
 	in := provider.Instance{
 		ID:       m.Label,

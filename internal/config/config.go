@@ -46,12 +46,28 @@ type ResultServer struct {
 	AdvertiseIP string `yaml:"advertise_ip"`
 }
 
-// Scheduler configures task dispatch.
+// Scheduler configures task intake and dispatch.
 type Scheduler struct {
-	MaxMachines                int           `yaml:"max_machines"`
-	FailUnserviceable          bool          `yaml:"fail_unserviceable"`
-	RescheduleRunningOnRestart bool          `yaml:"reschedule_running_on_restart"`
-	PendingTimeout             time.Duration `yaml:"pending_timeout"`
+	// MaxMachines caps the analyses running at once (CAPE
+	// max_machines_count); 0 = no cap.
+	MaxMachines int `yaml:"max_machines"`
+	// FailUnserviceable fails at once a task no configured machine or pool
+	// could ever serve, naming the requirement nothing meets.
+	FailUnserviceable bool `yaml:"fail_unserviceable"`
+	// RescheduleRunningOnRestart puts the analyses a restart interrupted
+	// back in the queue (an attempt each); off, they fail.
+	RescheduleRunningOnRestart bool `yaml:"reschedule_running_on_restart"`
+	// MaxAttempts: a task whose analysis was lost (machine gone, node dead)
+	// is tried this many times in all, under the same id.
+	MaxAttempts int `yaml:"max_attempts"`
+	// PendingTimeout fails a task still pending this long, with the reason
+	// it waited (CAPE task_pending_timeout, which deleted it); 0 = never.
+	PendingTimeout time.Duration `yaml:"pending_timeout"`
+	// MaxSampleSize is the largest file tasks/create/file/ accepts.
+	MaxSampleSize Size `yaml:"max_sample_size"`
+	// PackageTags: a package that needs one of these machine tags (CAPE's
+	// web.conf [packages], its os_version), e.g. {doc: [office2016]}.
+	PackageTags map[string][]string `yaml:"package_tags"`
 }
 
 // Timeouts bounds every wait (SPEC §1.6).
@@ -204,6 +220,8 @@ func Default() *Config {
 		Scheduler: Scheduler{
 			FailUnserviceable:          true,
 			RescheduleRunningOnRestart: true,
+			MaxAttempts:                3,
+			MaxSampleSize:              256 << 20,
 		},
 		Timeouts: Timeouts{
 			Default:        200 * time.Second,
@@ -324,6 +342,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Scheduler.MaxMachines < 0 {
 		bad("scheduler.max_machines", "must be >= 0")
+	}
+	if c.Scheduler.MaxAttempts < 1 {
+		bad("scheduler.max_attempts", "%d: must be at least 1", c.Scheduler.MaxAttempts)
+	}
+	if c.Scheduler.PendingTimeout < 0 {
+		bad("scheduler.pending_timeout", "must be >= 0 (0 = never)")
+	}
+	if c.Scheduler.MaxSampleSize < 1 {
+		bad("scheduler.max_sample_size", "must be positive")
 	}
 	switch c.Azure.Credential {
 	case "default", "managed-identity", "emulator":

@@ -122,6 +122,8 @@ func (d *decoder) value(path string, n *yaml.Node, v reflect.Value) {
 		d.section(path, n, v)
 	case v.Kind() == reflect.Slice:
 		d.list(path, n, v)
+	case v.Kind() == reflect.Map:
+		d.mapping(path, n, v)
 	default:
 		d.scalar(path, n, v)
 	}
@@ -161,6 +163,39 @@ func (d *decoder) list(path string, n *yaml.Node, v reflect.Value) {
 		d.value(fmt.Sprintf("%s[%d]", path, i), e, s.Index(i))
 	}
 	v.Set(s)
+}
+
+// mapping decodes a map keyed by strings: its keys are the file's, not
+// sandfleet's (scheduler.package_tags names packages).
+func (d *decoder) mapping(path string, n *yaml.Node, v reflect.Value) {
+	if n.Kind != yaml.MappingNode {
+		d.fail(n, path, "want a mapping (key: value), not %s", describe(n))
+		return
+	}
+	m := reflect.MakeMap(v.Type())
+	set := map[string]*yaml.Node{}
+	for _, p := range d.pairs(path, n) {
+		k := p.key
+		if k.Kind == yaml.AliasNode && k.Alias != nil {
+			k = k.Alias
+		}
+		if k.Kind != yaml.ScalarNode {
+			d.fail(k, path, "a key must be a name, not %s", describe(k))
+			continue
+		}
+		keyPath := path + "." + keyName(k.Value)
+		if first, dup := set[k.Value]; dup {
+			if !p.merged {
+				d.fail(k, keyPath, "already set on line %d", first.Line)
+			}
+			continue
+		}
+		set[k.Value] = k
+		e := reflect.New(v.Type().Elem()).Elem()
+		d.value(keyPath, p.value, e)
+		m.SetMapIndex(reflect.ValueOf(k.Value), e)
+	}
+	v.Set(m)
 }
 
 // pair is one key and its value in a mapping; merged pairs come from a "<<"

@@ -37,6 +37,11 @@ func keyPaths(t *testing.T, typ reflect.Type, prefix string) []keyPath {
 		}
 		out = append(out, keyPath{p, f.Type})
 		ft := f.Type
+		if ft.Kind() == reflect.Map {
+			p += ".k" // any key of the user's stands for all of them
+			ft = ft.Elem()
+			out = append(out, keyPath{p, ft})
+		}
 		if ft.Kind() == reflect.Slice {
 			p += "[0]"
 			ft = ft.Elem()
@@ -96,7 +101,7 @@ func wrongValues(t *testing.T, k keyPath) []wrongValue {
 			{scalar("x"), `want a list, not "x"`},
 			{mapping, "want a list, not a mapping"},
 		}
-	case k.typ.Kind() == reflect.Struct:
+	case k.typ.Kind() == reflect.Struct, k.typ.Kind() == reflect.Map:
 		return []wrongValue{
 			{scalar("x"), `want a mapping (key: value), not "x"`},
 			{list, "want a mapping (key: value), not a list"},

@@ -19,6 +19,12 @@ import (
 
 // call GETs an API path and decodes the envelope's data into out.
 func (g *globals) call(ctx context.Context, path string, out any) error {
+	return g.do(ctx, http.MethodGet, path, "", nil, out)
+}
+
+// do sends a request to the daemon and decodes the envelope's data into out
+// (a *json.RawMessage takes it as it is).
+func (g *globals) do(ctx context.Context, method, path, contentType string, body io.Reader, out any) error {
 	server, err := g.target()
 	if err != nil {
 		return err
@@ -27,9 +33,12 @@ func (g *globals) call(ctx context.Context, path string, out any) error {
 		return fmt.Errorf("--server: %w", err)
 	}
 	u := strings.TrimRight(server, "/") + path
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
 		return err
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	if g.token != "" {
 		req.Header.Set("Authorization", "Token "+g.token)
@@ -39,19 +48,22 @@ func (g *globals) call(ctx context.Context, path string, out any) error {
 		return fmt.Errorf("daemon at %s: %w", server, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return err
 	}
 	var env struct {
-		Error      bool            `json:"error"`
+		Error      any             `json:"error"`
 		ErrorValue string          `json:"error_value"`
 		Data       json.RawMessage `json:"data"`
 	}
-	if err := json.Unmarshal(body, &env); err != nil {
+	if err := json.Unmarshal(raw, &env); err != nil {
 		return fmt.Errorf("daemon answered %s with non-JSON", resp.Status)
 	}
-	if env.Error {
+	if failed, _ := env.Error.(bool); failed || resp.StatusCode >= 400 {
+		if env.ErrorValue == "" {
+			env.ErrorValue = resp.Status
+		}
 		return fmt.Errorf("daemon: %s", env.ErrorValue)
 	}
 	if raw, ok := out.(*json.RawMessage); ok {

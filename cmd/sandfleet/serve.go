@@ -19,7 +19,7 @@ func serveCmd(g *globals) *cobra.Command {
 	var listen, database string
 	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "Run the daemon: API, reconcilers",
+		Short: "Run the daemon: API, scheduler, reconcilers, result server",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := g.load()
@@ -40,6 +40,19 @@ func serveCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer d.Close()
+			// SIGUSR1 pauses dispatch, SIGUSR2 resumes it, as in CAPE.
+			usr := make(chan os.Signal, 2)
+			signal.Notify(usr, syscall.SIGUSR1, syscall.SIGUSR2)
+			defer signal.Stop(usr)
+			go func() {
+				for sig := range usr {
+					if sig == syscall.SIGUSR1 {
+						d.Pause()
+					} else {
+						d.Resume()
+					}
+				}
+			}()
 			return d.Run(ctx)
 		},
 	}

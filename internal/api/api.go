@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/sandfleet/sandfleet/internal/fleet"
+	"github.com/sandfleet/sandfleet/internal/sample"
 	"github.com/sandfleet/sandfleet/internal/store"
 )
 
@@ -29,11 +30,14 @@ var Version = "dev"
 
 // Server is the HTTP API.
 type Server struct {
-	tokens   map[string]bool // nil: no auth (loopback only, enforced by config)
-	log      *slog.Logger
-	mux      *http.ServeMux
-	routes   map[string]methods
-	database string
+	tokens    map[string]bool // nil: no auth (loopback only, enforced by config)
+	log       *slog.Logger
+	mux       *http.ServeMux
+	routes    map[string]methods
+	database  string
+	samples   *sample.Dir
+	maxSample int64
+	dataDir   string
 
 	// backend is nil until the database is open: the daemon serves (and
 	// /readyz says why it is not ready) while it waits for one that is down.
@@ -43,10 +47,19 @@ type Server struct {
 }
 
 // backend is what the handlers read and change: the store, and the fleet
-// that can only be built once the store exists.
+// and scheduler that can only be built once the store exists.
 type backend struct {
 	store store.Store
 	fleet *fleet.Fleet
+	sched Scheduler
+}
+
+// Scheduler is the part of the scheduler the API drives.
+type Scheduler interface {
+	// Trigger asks for a dispatch: a task was submitted.
+	Trigger()
+	// Paused reports whether dispatch is paused (SIGUSR1).
+	Paused() bool
 }
 
 // Options configure a Server.
@@ -60,6 +73,12 @@ type Options struct {
 	// Database names the database in 503 answers while it is unavailable;
 	// it must not hold a password.
 	Database string
+	// Samples keeps submitted files; MaxSampleSize bounds one
+	// (scheduler.max_sample_size).
+	Samples       *sample.Dir
+	MaxSampleSize int64
+	// DataDir holds the analysis folders, removed with their task.
+	DataDir string
 }
 
 // New returns the API handler.
@@ -67,9 +86,10 @@ func New(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	s := &Server{tokens: o.Tokens, log: o.Logger, mux: http.NewServeMux(), routes: map[string]methods{}, database: o.Database}
+	s := &Server{tokens: o.Tokens, log: o.Logger, mux: http.NewServeMux(), routes: map[string]methods{}, database: o.Database,
+		samples: o.Samples, maxSample: o.MaxSampleSize, dataDir: o.DataDir}
 	if o.Store != nil && o.Fleet != nil {
-		s.Attach(o.Store, o.Fleet)
+		s.Attach(o.Store, o.Fleet, nil)
 	}
 	s.route(http.MethodGet, "/healthz", s.healthz)
 	s.route(http.MethodGet, "/readyz", s.readyz)
@@ -81,6 +101,17 @@ func New(o Options) *Server {
 	s.handle(http.MethodGet, "/apiv2/operations/list/", s.operationsList)
 	s.handle(http.MethodPost, "/apiv2/machines/quarantine/{name}/", s.quarantine)
 	s.handle(http.MethodPost, "/apiv2/machines/release/{name}/", s.release)
+	s.handle(http.MethodPost, "/apiv2/tasks/create/file/", s.tasksCreateFile)
+	s.handle(http.MethodPost, "/apiv2/tasks/create/url/", s.tasksCreateURL)
+	s.handle(http.MethodGet, "/apiv2/tasks/list/", s.tasksList)
+	s.handle(http.MethodGet, "/apiv2/tasks/list/{limit}/", s.tasksList)
+	s.handle(http.MethodGet, "/apiv2/tasks/list/{limit}/{offset}/", s.tasksList)
+	s.handle(http.MethodGet, "/apiv2/tasks/list/{limit}/{offset}/{window}/", s.tasksList)
+	s.handle(http.MethodGet, "/apiv2/tasks/view/{id}/", s.tasksView)
+	s.handle(http.MethodGet, "/apiv2/tasks/status/{id}/", s.tasksStatus)
+	s.handle(http.MethodGet, "/apiv2/tasks/reschedule/{id}/", s.tasksReschedule)
+	s.handle(http.MethodGet, "/apiv2/tasks/delete/{id}/", s.tasksDelete)
+	s.handle(http.MethodGet, "/apiv2/cuckoo/status/", s.cuckooStatus)
 	s.mux.HandleFunc("/apiv2/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -90,11 +121,21 @@ func New(o Options) *Server {
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-// Attach gives the handlers the opened store and the fleet built on it. The
-// daemon opens its database once, so a second call changes nothing.
-func (s *Server) Attach(st store.Store, f *fleet.Fleet) {
-	s.backend.CompareAndSwap(nil, &backend{store: st, fleet: f})
+// Attach gives the handlers the opened store and the fleet and scheduler
+// built on it (nil: submissions wake nothing). The daemon opens its database
+// once, so a second call changes nothing.
+func (s *Server) Attach(st store.Store, f *fleet.Fleet, sch Scheduler) {
+	if sch == nil {
+		sch = idle{}
+	}
+	s.backend.CompareAndSwap(nil, &backend{store: st, fleet: f, sched: sch})
 }
+
+// idle stands for a scheduler where none runs.
+type idle struct{}
+
+func (idle) Trigger()     {}
+func (idle) Paused() bool { return false }
 
 // Unavailable records why the database could not be opened; /readyz and the
 // 503 answers name it until Attach.

@@ -325,7 +325,8 @@ func TestDatabaseUnavailableUntilAttached(t *testing.T) {
 		t.Errorf("healthz before the database: %d", code)
 	}
 
-	srv.Attach(newFleet(t))
+	st, f := newFleet(t)
+	srv.Attach(st, f, nil)
 	if code, body := call("/apiv2/machines/view/lab1/"); code != 200 {
 		t.Errorf("after Attach: %d %s", code, body)
 	}

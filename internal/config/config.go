@@ -65,6 +65,9 @@ type Scheduler struct {
 	PendingTimeout time.Duration `yaml:"pending_timeout"`
 	// MaxSampleSize is the largest file tasks/create/file/ accepts.
 	MaxSampleSize Size `yaml:"max_sample_size"`
+	// DrainTimeout bounds how long a stopping daemon (SIGTERM) waits for
+	// its running analyses; those still running then go back to the queue.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
 	// PackageTags: a package that needs one of these machine tags (CAPE's
 	// web.conf [packages], its os_version), e.g. {doc: [office2016]}.
 	PackageTags map[string][]string `yaml:"package_tags"`
@@ -222,6 +225,7 @@ func Default() *Config {
 			RescheduleRunningOnRestart: true,
 			MaxAttempts:                3,
 			MaxSampleSize:              256 << 20,
+			DrainTimeout:               2 * time.Minute,
 		},
 		Timeouts: Timeouts{
 			Default:        200 * time.Second,
@@ -348,6 +352,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Scheduler.PendingTimeout < 0 {
 		bad("scheduler.pending_timeout", "must be >= 0 (0 = never)")
+	}
+	if c.Scheduler.DrainTimeout <= 0 {
+		bad("scheduler.drain_timeout", "must be positive (an unbounded wait is not allowed)")
 	}
 	if c.Scheduler.MaxSampleSize < 1 {
 		bad("scheduler.max_sample_size", "must be positive")

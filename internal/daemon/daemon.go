@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/sandfleet/sandfleet/internal/api"
@@ -26,6 +27,9 @@ import (
 	"github.com/sandfleet/sandfleet/internal/provider"
 	"github.com/sandfleet/sandfleet/internal/provider/azure"
 	"github.com/sandfleet/sandfleet/internal/provider/static"
+	"github.com/sandfleet/sandfleet/internal/resultserver"
+	"github.com/sandfleet/sandfleet/internal/sample"
+	"github.com/sandfleet/sandfleet/internal/sched"
 	"github.com/sandfleet/sandfleet/internal/store"
 	"github.com/sandfleet/sandfleet/internal/store/open"
 )
@@ -44,7 +48,14 @@ type Daemon struct {
 	// when the daemon starts.
 	reconcilers []fleet.Options
 	// store is set by New for SQLite, by Run once a database server answers.
-	store store.Store
+	store   store.Store
+	holder  string
+	samples *sample.Dir
+	results *resultserver.Server
+	// analyzer is the analyzer package every guest is sent.
+	analyzer []byte
+	// sched is set once the database is open.
+	sched atomic.Pointer[sched.Scheduler]
 }
 
 // New builds a daemon: it validates cfg, starts the in-process emulator when
@@ -80,6 +91,18 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	holder, err := nodeID(cfg.DataDir)
 	if err != nil {
 		return nil, err
+	}
+	d.holder = holder
+	if d.samples, err = sample.Open(filepath.Join(cfg.DataDir, "samples")); err != nil {
+		return nil, err
+	}
+	if d.analyzer, err = guest.LoadAnalyzer(cfg.Guest.Analyzer); err != nil {
+		return nil, fmt.Errorf("guest.analyzer: %w", err)
+	}
+	d.results, err = resultserver.New(resultserver.Options{Listen: cfg.ResultServer.Listen,
+		MaxFile: int64(cfg.Guest.UploadMaxSize), Logger: log.With("component", "resultserver")})
+	if err != nil {
+		return nil, fmt.Errorf("resultserver.listen: %w", err)
 	}
 	byProvider := map[string][]config.Pool{}
 	for _, p := range cfg.Pools {
@@ -128,7 +151,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 			return nil, err
 		}
 	}
-	d.api = api.New(api.Options{Tokens: tokens, Logger: log, Database: d.database})
+	d.api = api.New(api.Options{Tokens: tokens, Logger: log, Database: d.database, Samples: d.samples,
+		MaxSampleSize: int64(cfg.Scheduler.MaxSampleSize), DataDir: cfg.DataDir})
 	d.listener, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
@@ -167,9 +191,11 @@ func (d *Daemon) awaitDatabase(ctx context.Context) store.Store {
 	}
 }
 
-// runFleet waits for the database, builds the fleet on it, hands both to the
-// API, and reconciles until ctx ends.
-func (d *Daemon) runFleet(ctx context.Context) error {
+// runNode waits for the database, builds the fleet and the scheduler on it,
+// hands them to the API, and runs both until ctx ends. On the way out the
+// scheduler drains first (scheduler.drain_timeout), while the fleet still
+// runs to take back the machines the analyses release.
+func (d *Daemon) runNode(ctx context.Context) error {
 	if d.store == nil {
 		st := d.awaitDatabase(ctx)
 		if st == nil {
@@ -178,14 +204,64 @@ func (d *Daemon) runFleet(ctx context.Context) error {
 		d.store = st
 		d.log.Info("database open", "database", d.database)
 	}
+	var f *fleet.Fleet
+	var sch *sched.Scheduler
 	recs := make([]*fleet.Reconciler, 0, len(d.reconcilers))
 	for _, o := range d.reconcilers {
 		o.Store = d.store
+		o.OnReady = func() { sch.Trigger() }
 		recs = append(recs, fleet.New(o))
 	}
-	f := fleet.NewFleet(recs...)
-	d.api.Attach(d.store, f)
-	return f.Run(ctx)
+	f = fleet.NewFleet(recs...)
+	cfg := d.cfg
+	sch = sched.New(sched.Options{
+		Store: d.store, Node: d.holder, Pools: cfg.Pools, Scheduler: cfg.Scheduler, Timeouts: cfg.Timeouts,
+		LeaseTTL: cfg.Fleet.LeaseTTL, DataDir: cfg.DataDir, Samples: d.samples,
+		Guest:   guest.NewClient(cfg.Guest.AgentPort, cfg.Timeouts.Critical),
+		Results: d.results, Analyzer: d.analyzer, UploadMaxSize: int64(cfg.Guest.UploadMaxSize),
+		Verify: f.Verify, Released: f.Trigger, Logger: d.log.With("component", "scheduler"),
+	})
+	d.sched.Store(sch)
+	d.api.Attach(d.store, f, sch)
+	d.results.Start()
+
+	fctx, stopFleet := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopFleet()
+	fleetDone := make(chan error, 1)
+	go func() { fleetDone <- f.Run(fctx) }()
+	schedDone := make(chan error, 1)
+	sctx, stopSched := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSched()
+	go func() { schedDone <- sch.Run(sctx) }()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-fleetDone:
+		fleetDone <- err
+	}
+	drain, cancel := context.WithTimeout(context.Background(), cfg.Scheduler.DrainTimeout)
+	sch.Drain(drain)
+	cancel()
+	stopSched()
+	<-schedDone
+	stopFleet()
+	return <-fleetDone
+}
+
+// Pause stops dispatching tasks (SIGUSR1); Resume starts again (SIGUSR2).
+// Before the database is open there is nothing to pause.
+func (d *Daemon) Pause() {
+	if s := d.sched.Load(); s != nil {
+		s.Pause()
+	}
+}
+
+// Resume dispatches tasks again.
+func (d *Daemon) Resume() {
+	if s := d.sched.Load(); s != nil {
+		s.Resume()
+	}
 }
 
 // azure builds the Azure driver, starting the in-process emulator when no
@@ -264,23 +340,26 @@ func (d *Daemon) Run(ctx context.Context) error {
 	fctx, stop := context.WithCancel(ctx)
 	defer stop()
 	done := make(chan error, 1)
-	go func() { done <- d.runFleet(fctx) }()
+	go func() { done <- d.runNode(fctx) }()
 	d.log.Info("sandfleet serving", "listen", d.Addr(), "database", d.database)
 	var err error
-	fleetDone := false
+	nodeDone := false
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	case err = <-done:
-		fleetDone = true
+		nodeDone = true
+	}
+	// The API answers while the analyses drain; it stops last.
+	stop()
+	if !nodeDone {
+		if nerr := <-done; err == nil {
+			err = nerr
+		}
 	}
 	shut, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shut)
-	stop()
-	if !fleetDone {
-		<-done
-	}
 	return err
 }
 
@@ -295,6 +374,9 @@ func (d *Daemon) Close() {
 	}
 	if d.emulator != nil {
 		d.emulator.Close()
+	}
+	if d.results != nil {
+		d.results.Close()
 	}
 	if d.store != nil {
 		d.store.Close()

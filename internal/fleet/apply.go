@@ -221,6 +221,7 @@ func (r *Reconciler) move(ctx context.Context, pool string, ts []store.Transitio
 	if err != nil {
 		return fmt.Errorf("apply %d transitions: %w", len(ts), err)
 	}
+	ready := false
 	for i, m := range res {
 		if m == nil {
 			continue
@@ -229,6 +230,10 @@ func (r *Reconciler) move(ctx context.Context, pool string, ts []store.Transitio
 			r.log.Info("machine state", "pool", pool, "label", m.Label, "instance_id", m.InstanceID,
 				"from", ts[i].From, "to", ts[i].To, "cause", ts[i].Cause)
 		}
+		ready = ready || (ts[i].To == store.Ready && ts[i].From != store.Ready)
+	}
+	if ready && r.o.OnReady != nil {
+		r.o.OnReady()
 	}
 	return nil
 }

@@ -2,7 +2,11 @@ package fleet
 
 import (
 	"context"
+	"fmt"
 	"sync"
+
+	"github.com/sandfleet/sandfleet/internal/provider"
+	"github.com/sandfleet/sandfleet/internal/store"
 )
 
 // Fleet is every reconciler of a daemon, one per provider.
@@ -58,6 +62,31 @@ func (f *Fleet) Trigger() {
 	for _, r := range f.recs {
 		r.Trigger()
 	}
+}
+
+// Verify reads a machine's instance fresh from its provider: nil if it
+// runs; an error wrapping provider.ErrNotFound if it does not exist; a
+// *provider.ThrottledError if the provider cannot be asked now; another
+// error saying what the instance is doing otherwise.
+func (f *Fleet) Verify(ctx context.Context, m store.Machine) error {
+	for _, r := range f.recs {
+		if _, mine := r.pools[m.Pool]; !mine {
+			continue
+		}
+		if throttled, why := r.Throttled(); throttled {
+			return &provider.ThrottledError{Op: why}
+		}
+		in, err := r.o.Provider.GetInstance(ctx, m.Pool, m.InstanceID)
+		if err != nil {
+			r.noteThrottle(err)
+			return err
+		}
+		if in.State != provider.InstanceRunning {
+			return fmt.Errorf("instance %s is %s (%s)", m.InstanceID, in.State, in.Raw)
+		}
+		return nil
+	}
+	return fmt.Errorf("pool %s: %w: no configured pool", m.Pool, provider.ErrNotFound)
 }
 
 // Check compares database and providers now, every pool.

@@ -79,7 +79,10 @@ type Options struct {
 	Orphans          bool
 	ResultServerIP   string
 	ResultServerPort int
-	Logger           *slog.Logger
+	// OnReady is called after machines became ready: the scheduler has
+	// work to give them.
+	OnReady func()
+	Logger  *slog.Logger
 }
 
 // Reconciler converges the machine table of one provider's pools.

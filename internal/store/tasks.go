@@ -90,6 +90,7 @@ type TaskFilter struct {
 	OptionLike     string // a substring of options
 	CompletedAfter time.Time
 	IDs            []int64
+	SampleID       int64
 	Node           string
 	// Newest orders by completed_on then id, newest first (CAPE's
 	// tasks/list/); else by id.

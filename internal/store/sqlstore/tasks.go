@@ -189,6 +189,10 @@ func (s *Store) ListTasks(ctx context.Context, f store.TaskFilter) ([]store.Task
 		where = append(where, `tk.node = ?`)
 		args = append(args, f.Node)
 	}
+	if f.SampleID != 0 {
+		where = append(where, `tk.sample_id = ?`)
+		args = append(args, f.SampleID)
+	}
 	q := taskQuery
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, ` AND `)

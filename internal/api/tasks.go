@@ -1,0 +1,343 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sandfleet/sandfleet/internal/store"
+)
+
+// Task is a task as CAPE's apiv2 shows it (its to_dict: every column, the
+// datetimes as "%Y-%m-%d %H:%M:%S", tags as a list, then guest, errors and
+// sample), plus sandfleet's attempt and error.
+type Task struct {
+	ID                   int64    `json:"id"`
+	Target               string   `json:"target"`
+	Category             string   `json:"category"`
+	Cape                 *string  `json:"cape"`
+	Timeout              int      `json:"timeout"`
+	Priority             int      `json:"priority"`
+	Custom               *string  `json:"custom"`
+	Machine              *string  `json:"machine"`
+	Package              *string  `json:"package"`
+	Route                *string  `json:"route"`
+	TagsTasks            *string  `json:"tags_tasks"`
+	Options              *string  `json:"options"`
+	Platform             *string  `json:"platform"`
+	Memory               bool     `json:"memory"`
+	EnforceTimeout       bool     `json:"enforce_timeout"`
+	Clock                *string  `json:"clock"`
+	AddedOn              *string  `json:"added_on"`
+	StartedOn            *string  `json:"started_on"`
+	CompletedOn          *string  `json:"completed_on"`
+	Status               string   `json:"status"`
+	DroppedFiles         *int     `json:"dropped_files"`
+	RunningProcesses     *int     `json:"running_processes"`
+	APICalls             *int     `json:"api_calls"`
+	Domains              *int     `json:"domains"`
+	SignaturesTotal      *int     `json:"signatures_total"`
+	SignaturesAlert      *int     `json:"signatures_alert"`
+	FilesWritten         *int     `json:"files_written"`
+	RegistryKeysModified *int     `json:"registry_keys_modified"`
+	CrashIssues          *int     `json:"crash_issues"`
+	AntiIssues           *int     `json:"anti_issues"`
+	AnalysisStartedOn    *string  `json:"analysis_started_on"`
+	AnalysisFinishedOn   *string  `json:"analysis_finished_on"`
+	ProcessingStartedOn  *string  `json:"processing_started_on"`
+	ProcessingFinishedOn *string  `json:"processing_finished_on"`
+	SignaturesStartedOn  *string  `json:"signatures_started_on"`
+	SignaturesFinishedOn *string  `json:"signatures_finished_on"`
+	ReportingStartedOn   *string  `json:"reporting_started_on"`
+	ReportingFinishedOn  *string  `json:"reporting_finished_on"`
+	TimedOut             bool     `json:"timedout"`
+	SampleID             *int64   `json:"sample_id"`
+	MachineID            *int64   `json:"machine_id"`
+	TLP                  *string  `json:"tlp"`
+	UserID               *int     `json:"user_id"`
+	Tags                 []string `json:"tags"`
+	Guest                any      `json:"guest"`
+	Errors               []string `json:"errors"`
+	Sample               any      `json:"sample"`
+	// sandfleet's own.
+	Attempt int     `json:"attempt"`
+	Error   *string `json:"error"`
+}
+
+// Sample is a sample as CAPE shows it.
+type Sample struct {
+	ID        int64   `json:"id"`
+	FileSize  int64   `json:"file_size"`
+	FileType  string  `json:"file_type"`
+	MD5       string  `json:"md5"`
+	CRC32     string  `json:"crc32"`
+	SHA1      string  `json:"sha1"`
+	SHA256    string  `json:"sha256"`
+	SHA512    string  `json:"sha512"`
+	SSDeep    *string `json:"ssdeep"`
+	SourceURL *string `json:"source_url"`
+}
+
+// TaskJSON converts a task (and its sample, if any) to CAPE's shape. The
+// machine is the one it ran on, once it ran, else the one it asked for.
+func TaskJSON(t store.Task, smp *store.Sample) Task {
+	tags := t.Tags
+	if tags == nil {
+		tags = []string{}
+	}
+	clock := t.Clock
+	if clock.IsZero() {
+		clock = t.AddedOn
+	}
+	machine := t.Machine
+	if t.RanOn != "" {
+		machine = t.RanOn
+	}
+	out := Task{
+		ID: t.ID, Target: t.Target, Category: t.Category, Timeout: t.Timeout, Priority: t.Priority,
+		Custom: nullable(t.Custom), Machine: nullable(machine), Package: nullable(t.Package), Route: nullable(t.Route),
+		Options: nullable(t.Options), Platform: nullable(t.Platform), Memory: t.Memory, EnforceTimeout: t.EnforceTimeout,
+		Clock: capeTime(clock), AddedOn: capeTime(t.AddedOn), StartedOn: capeTime(t.StartedOn),
+		CompletedOn: capeTime(t.CompletedOn), Status: string(t.Status),
+		AnalysisStartedOn: capeTime(t.StartedOn), AnalysisFinishedOn: capeTime(t.CompletedOn),
+		Tags: tags, Guest: map[string]any{}, Errors: []string{}, Sample: map[string]any{},
+		Attempt: t.Attempt, Error: nullable(t.Error),
+	}
+	if t.Error != "" {
+		out.Errors = []string{t.Error}
+	}
+	if t.SampleID != 0 {
+		id := t.SampleID
+		out.SampleID = &id
+	}
+	if smp != nil {
+		out.Sample = Sample{ID: smp.ID, FileSize: smp.FileSize, FileType: smp.FileType, MD5: smp.MD5, CRC32: smp.CRC32,
+			SHA1: smp.SHA1, SHA256: smp.SHA256, SHA512: smp.SHA512}
+	}
+	return out
+}
+
+// taskID reads the {id} path value.
+func taskID(w http.ResponseWriter, r *http.Request) (int64, bool) {
+	raw := r.PathValue("id")
+	id, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || id < 1 {
+		fail(w, http.StatusBadRequest, fmt.Sprintf("task id: %q is not a task id", raw))
+		return 0, false
+	}
+	return id, true
+}
+
+// task reads the task the path names; on failure it has answered.
+func (s *Server) task(w http.ResponseWriter, r *http.Request, b *backend) (store.Task, bool) {
+	id, ok := taskID(w, r)
+	if !ok {
+		return store.Task{}, false
+	}
+	t, err := b.store.GetTask(r.Context(), id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		fail(w, http.StatusNotFound, "Task not found in database")
+		return t, false
+	case err != nil:
+		s.internal(w, r, err)
+		return t, false
+	}
+	return t, true
+}
+
+// capeOK writes CAPE's success envelope: "error" is an empty list.
+func capeOK(w http.ResponseWriter, data any) {
+	write(w, http.StatusOK, map[string]any{"error": []string{}, "data": data})
+}
+
+// GET tasks/view/<id>/: the task, its target cut to the file name for files.
+func (s *Server) tasksView(w http.ResponseWriter, r *http.Request, b *backend) {
+	t, ok := s.task(w, r, b)
+	if !ok {
+		return
+	}
+	var smp *store.Sample
+	if t.SampleID != 0 {
+		if got, err := b.store.GetSample(r.Context(), t.SampleID); err == nil {
+			smp = &got
+		}
+	}
+	out := TaskJSON(t, smp)
+	if t.Category != "url" {
+		out.Target = filepath.Base(strings.ReplaceAll(out.Target, `\`, "/"))
+	}
+	capeOK(w, out)
+}
+
+// GET tasks/status/<id>/.
+func (s *Server) tasksStatus(w http.ResponseWriter, r *http.Request, b *backend) {
+	if t, ok := s.task(w, r, b); ok {
+		capeOK(w, t.Status)
+	}
+}
+
+// CAPE's tasks/list/ limits.
+const (
+	listDefaultLimit = 10
+	listMaxLimit     = 50
+)
+
+// GET tasks/list/[limit/[offset/[window/]]]: the newest tasks first, with
+// CAPE's queries: status (a|b), completed_after (epoch seconds), ids (only
+// the ids, as dist.py asks), option (a substring), category.
+func (s *Server) tasksList(w http.ResponseWriter, r *http.Request, b *backend) {
+	f := store.TaskFilter{Newest: true, Limit: listDefaultLimit}
+	resp := map[string]any{}
+	num := func(key string) (int, bool) {
+		raw := r.PathValue(key)
+		if raw == "" {
+			return 0, true
+		}
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 0 {
+			fail(w, http.StatusBadRequest, fmt.Sprintf("%s: %q is not a number >= 0", key, raw))
+			return 0, false
+		}
+		return n, true
+	}
+	limit, ok := num("limit")
+	if !ok {
+		return
+	}
+	offset, ok := num("offset")
+	if !ok {
+		return
+	}
+	window, ok := num("window")
+	if !ok {
+		return
+	}
+	if limit > 0 {
+		f.Limit = limit
+	}
+	if f.Limit > listMaxLimit {
+		resp["warning"] = "Task limit exceeds API configured limit."
+		f.Limit = listMaxLimit
+	}
+	f.Offset = offset
+	q := r.URL.Query()
+	if raw := q.Get("status"); raw != "" {
+		for _, st := range strings.Split(raw, "|") {
+			if !store.TaskStatus(st).Valid() {
+				fail(w, http.StatusBadRequest, fmt.Sprintf("status: %q is not a task status", st))
+				return
+			}
+			f.Statuses = append(f.Statuses, store.TaskStatus(st))
+		}
+	}
+	if raw := q.Get("completed_after"); raw != "" {
+		sec, err := strconv.ParseInt(raw, 10, 64)
+		if err != nil {
+			fail(w, http.StatusBadRequest, fmt.Sprintf("completed_after: %q is not epoch seconds", raw))
+			return
+		}
+		f.CompletedAfter = time.Unix(sec, 0)
+	} else if window > 0 {
+		f.CompletedAfter = time.Now().Add(-time.Duration(window) * time.Minute)
+	}
+	if c := q.Get("category"); c != "" {
+		f.Category = c
+	}
+	f.OptionLike = q.Get("option")
+	ts, err := b.store.ListTasks(r.Context(), f)
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	resp["config"] = fmt.Sprintf("Limit: %d, Offset: %s", f.Limit, pyOptional(r.PathValue("offset")))
+	data := []any{}
+	buf := 0
+	if q.Get("ids") != "" {
+		for _, t := range ts {
+			data = append(data, map[string]int64{"id": t.ID})
+		}
+	} else {
+		for _, t := range ts {
+			buf++
+			data = append(data, TaskJSON(t, s.sampleOf(r, b, t)))
+		}
+	}
+	resp["data"], resp["buf"] = data, buf
+	write(w, http.StatusOK, resp)
+}
+
+// pyOptional renders an optional path number as CAPE's format string does:
+// None when absent.
+func pyOptional(raw string) string {
+	if raw == "" {
+		return "None"
+	}
+	return raw
+}
+
+func (s *Server) sampleOf(r *http.Request, b *backend, t store.Task) *store.Sample {
+	if t.SampleID == 0 {
+		return nil
+	}
+	smp, err := b.store.GetSample(r.Context(), t.SampleID)
+	if err != nil {
+		return nil
+	}
+	return &smp
+}
+
+// GET tasks/reschedule/<id>/: a new task with the same request, as CAPE
+// does; the original is kept.
+func (s *Server) tasksReschedule(w http.ResponseWriter, r *http.Request, b *backend) {
+	t, ok := s.task(w, r, b)
+	if !ok {
+		return
+	}
+	if t.Status == store.TaskPending || t.Status == store.TaskRunning {
+		fail(w, http.StatusConflict, fmt.Sprintf("task %d is %s: only a finished task can be rescheduled", t.ID, t.Status))
+		return
+	}
+	again := store.Task{Target: t.Target, Category: t.Category, SampleID: t.SampleID, FileName: t.FileName,
+		Timeout: t.Timeout, Priority: t.Priority, Custom: t.Custom, Machine: t.Machine, Package: t.Package,
+		Route: t.Route, Options: t.Options, Platform: t.Platform, Memory: t.Memory, EnforceTimeout: t.EnforceTimeout,
+		Clock: t.Clock, Tags: t.Tags}
+	ts, err := b.store.CreateTasks(r.Context(), []store.Task{again}, fmt.Sprintf("rescheduled from task %d", t.ID))
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	b.sched.Trigger()
+	write(w, http.StatusOK, map[string]any{"error": []string{}, "data": map[string]any{
+		"new_task_id": ts[0].ID, "message": fmt.Sprintf("Task ID %d has been rescheduled as task %d", t.ID, ts[0].ID),
+	}})
+}
+
+// GET tasks/delete/<id>/: the task, its history and its analysis folder; a
+// running task is refused (409).
+func (s *Server) tasksDelete(w http.ResponseWriter, r *http.Request, b *backend) {
+	t, ok := s.task(w, r, b)
+	if !ok {
+		return
+	}
+	err := b.store.DeleteTask(r.Context(), t.ID)
+	switch {
+	case errors.Is(err, store.ErrStale):
+		fail(w, http.StatusConflict, fmt.Sprintf("task %d is running: it cannot be deleted until its analysis ends", t.ID))
+		return
+	case err != nil:
+		s.internal(w, r, err)
+		return
+	}
+	if s.dataDir != "" {
+		if err := os.RemoveAll(filepath.Join(s.dataDir, "analyses", strconv.FormatInt(t.ID, 10))); err != nil {
+			s.log.Warn("remove analysis folder", "task_id", t.ID, "err", err)
+		}
+	}
+	capeOK(w, fmt.Sprintf("Task ID %d has been deleted", t.ID))
+}

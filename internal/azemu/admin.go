@@ -31,7 +31,7 @@ type VMInfo struct {
 	AgentAddr         string `json:"agentAddr"`
 	ProvisioningState string `json:"provisioningState"`
 	PowerState        string `json:"powerState"`
-	// Agent is what the guest agent is doing: up, down or hang.
+	// Agent is what the guest agent is doing: up, down, hang or fail.
 	Agent              string    `json:"agent"`
 	LatestModelApplied bool      `json:"latestModelApplied"`
 	TimeCreated        time.Time `json:"timeCreated"`
@@ -228,11 +228,14 @@ func (e *Emulator) RemoveVM(setName, resourceGroup, instanceID string) (VMInfo, 
 }
 
 // SetAgentState sets what a VM's guest agent does: "up" (answers), "down"
-// (its listener is closed) or "hang" (accepts, never answers). A reimage or
-// restart of the VM brings the agent back up.
+// (its listener is closed), "hang" (accepts, never answers) or "fail"
+// (answers, but every analyzer it starts from now on fails: status failed,
+// exit code 1). A reimage or restart of the VM brings a fresh agent up.
+// Going down loses the agent's state (a new one starts when it comes up);
+// hang and fail keep it.
 func (e *Emulator) SetAgentState(setName, resourceGroup, instanceID, state string) (VMInfo, error) {
-	if state != agentUp && state != agentDown && state != agentHang {
-		return VMInfo{}, fmt.Errorf("agent state %q: want up, down or hang: %w", state, ErrInvalid)
+	if state != agentUp && state != agentDown && state != agentHang && state != agentFail {
+		return VMInfo{}, fmt.Errorf("agent state %q: want up, down, hang or fail: %w", state, ErrInvalid)
 	}
 	return e.adminVMChange(setName, resourceGroup, instanceID, func(s *scaleSet, v *vm) VMInfo {
 		v.Agent = state

@@ -493,11 +493,12 @@ func (e *Emulator) syncAgents() {
 		e.mu.Unlock()
 		return
 	}
-	want := make(map[string]string, len(e.agents)+16)
+	want := make(map[string]agentSpec, len(e.agents)+16)
 	for _, s := range e.st.sets {
+		windows := s.view().osType != "Linux"
 		for _, v := range s.VMs {
 			if w := v.agentWanted(); w != agentDown {
-				want[v.IP] = w
+				want[v.IP] = agentSpec{mode: w, boot: v.Boot, windows: windows, name: s.vmName(v.ID)}
 			}
 		}
 	}
@@ -506,43 +507,41 @@ func (e *Emulator) syncAgents() {
 
 	port := strconv.Itoa(e.opts.AgentPort)
 	for ip, a := range e.agents {
-		if _, ok := want[ip]; !ok {
+		// A VM that went, or came back from a restart, loses its agent:
+		// a reboot must not keep an analysis' state.
+		if w, ok := want[ip]; !ok || w.boot != a.boot {
 			a.stop()
 			delete(e.agents, ip)
 			e.log.Debug("agent stopped", "ip", ip)
 		}
 	}
 	retry := false
-	for ip, mode := range want {
+	for ip, spec := range want {
 		if a, ok := e.agents[ip]; ok {
-			a.setHang(mode == agentHang)
+			a.setMode(spec.mode)
 			continue
 		}
-		a, err := startAgent(net.JoinHostPort(ip, port), mode == agentHang, e.log)
+		a, err := startAgent(ip, net.JoinHostPort(ip, port), spec, e.analysis, e.log)
 		if err != nil {
 			retry = true
 			e.log.Warn("agent cannot listen; will retry", "ip", ip, "err", err)
 			continue
 		}
 		e.agents[ip] = a
-		e.log.Debug("agent started", "ip", ip, "mode", mode)
+		e.log.Debug("agent started", "ip", ip, "mode", spec.mode, "boot", spec.boot)
 	}
 	e.mu.Lock()
 	e.agentGen, e.agentRetry = gen, retry
 	e.mu.Unlock()
 }
 
-// agentRunning reports what the agent at ip is doing: up, hang or down.
+// agentRunning reports what the agent at ip is doing: up, hang, fail or down.
 func (e *Emulator) agentRunning(ip string) string {
 	e.agentMu.Lock()
 	defer e.agentMu.Unlock()
 	a, ok := e.agents[ip]
-	switch {
-	case !ok:
+	if !ok {
 		return agentDown
-	case a.hanging():
-		return agentHang
-	default:
-		return agentUp
 	}
+	return a.state()
 }

@@ -53,11 +53,77 @@
 // # Guest agents
 //
 // Every VM that is provisioned, running, and not set down runs a CAPE
-// guest agent (agent.py v0.22: GET / and GET /status so far) on
-// <ip>:<AgentPort>. IPs come from a loopback block: Options.IPBlock, else the
-// one in the state, else on first start a random 127.X.Y.0/19 with X in
-// 16..250 and Y a multiple of 32. They are handed out in order from a cursor that wraps, never
-// 127.0.0.1 nor addresses ending in .0 or .255.
+// guest agent on <ip>:<AgentPort>. IPs come from a loopback block:
+// Options.IPBlock, else the one in the state, else on first start a random
+// 127.X.Y.0/19 with X in 16..250 and Y a multiple of 32. They are handed out
+// in order from a cursor that wraps, never 127.0.0.1 nor addresses ending in
+// .0 or .255.
+//
+// The agent speaks agent.py v0.22's whole protocol, with its JSON replies
+// ({"message", …} on success, {"message", "error_code"} with the HTTP status
+// on error, a "traceback" on 500s, no status_code key in the body), its
+// status codes and its quirks: routes match the raw path exactly (a query
+// string makes a 404), GET requests have no form, blank urlencoded values
+// are absent, a body without Content-Length is empty, /retrieve of a missing
+// file is a bare 404.
+//
+//	GET  /                  version 0.22, features (execpy, execute, pinning, logs,
+//	                        largefile, unicodepath, subdir_upload; Windows adds
+//	                        mutex, browser_extension), is_user_admin
+//	GET  /status            init, running (with process_id while the async child
+//	                        runs), complete or failed ("Exited with exit code N",
+//	                        with exitcode, learnt at the first poll after the exit),
+//	                        exception
+//	POST /status            status (a name or 1..5), description
+//	GET  /environ /system /path /logs
+//	GET|POST /mktemp /mkdtemp   suffix, prefix, dirpath → filepath / dirpath
+//	POST /mkdir /store /retrieve /extract /remove
+//	POST /execute /execpy   see below
+//	GET  /pinning           pins the agent to the caller's IP: anyone else gets
+//	                        no reply at all (the connection closes); a second
+//	                        pinning is 500
+//	GET  /kill              answers, then the agent quits until the VM restarts
+//	POST|DELETE /mutex      Windows: every named mutex exists and is free (201
+//	                        got, 200 have, 200 released, 404 not held)
+//	POST /browser_extension Windows: networkData kept in a temporary file
+//
+// The guest is Windows unless the scale set's OS disk says Linux (TEMP
+// C:\Users\cape\AppData\Local\Temp, SYSTEMDRIVE C:; on Linux /tmp). Its
+// files live in memory, at most 128 MiB per VM (then "[Errno 28] No space
+// left on device"), with the OS's path rules (Windows: drive letters, either
+// slash, case-insensitive); /extract makes zip member names safe as Python
+// does. The guest's own loopback is its own IP (127.0.0.1 is the host): a
+// pinned agent still takes POST /status from it, and an unpinned one refuses
+// it any command but date.
+//
+// No program runs. /execpy (and an async /execute naming analyzer.py)
+// of an analyzer.py starts an emulated analyzer: it reads analysis.conf
+// next to the script, connects to the result server named there (ip, port)
+// from the VM's own address, so that a result server's peer-IP → task
+// mapping really is exercised, and sends what CAPE's analyzer sends:
+//
+//	LOG\n                 log lines in CAPE's format, the first ones saying what
+//	                      it was given (task id, category, target, package,
+//	                      options) and the sample's path, size and sha256; the
+//	                      stream stays open until the analysis ends
+//	FILE 2\n              files/<sha256 of the report>, then the six v2 header
+//	                      lines (guest path, pid, ppid, metadata, "files", 0) and
+//	                      a small text report
+//	BSON <pid>\n          one BSON document: the monitor's "info" message
+//
+// It then runs for the analysis duration (Options.AnalysisDuration, "2s" or
+// a range "1s..3s" picked from at random; never longer than the timeout in
+// analysis.conf) and exits 0: GET /status reports complete, exitcode 0. A
+// missing analysis.conf or sample, or a result server unreachable for 30 s,
+// exits 1, the reason in the analysis log and in GET /logs' stderr. Run by
+// /execute, it reports its end as CAPE's analyzer does, by setting the
+// status (complete, description "True"; exception). Another script "exits"
+// 0 at once; a missing one exits 2.
+//
+// A reimage, restart or deallocation boots the VM again: a fresh agent,
+// unpinned, status init, empty disk, and any analyzer of the old one cut
+// off mid-stream (its result-server connections close; nothing reports its
+// end). A deleted VM's agent and analyzer go the same way.
 //
 // # Admin endpoints
 //
@@ -73,11 +139,27 @@
 //	DELETE /_emulator/scalesets/{name}/vms/{id}
 //	                                           lose one (eviction): capacity−1 → VMInfo
 //	POST   /_emulator/scalesets/{name}/vms/{id}/agent
-//	                                           {"state": "up"|"down"|"hang"} → VMInfo
+//	                                           {"state": "up"|"down"|"hang"|"fail"} → VMInfo
 //
 // Scale sets are found by name across resource groups; ?resource_group=
 // picks one when the name is in several (else 409). Errors use ARM's shape
 // with 400, 404 or 409.
+//
+// Guest faults, as an operator meets them:
+//
+//	agent down        {"state": "down"}: the listener closes (connection refused);
+//	                  "up" brings a fresh agent
+//	agent hangs       {"state": "hang"}: connections are accepted, requests read,
+//	                  nothing answered; "up" answers again, state kept. Set
+//	                  mid-analysis it is a hang mid-analysis: the analyzer runs on,
+//	                  the host's polls time out
+//	analyzer fails    {"state": "fail"}: the agent answers, but every analyzer it
+//	                  starts from then on logs an ERROR and exits 1 (GET /status:
+//	                  failed, "Exited with exit code 1", exitcode 1); "up" ends it
+//	VM lost mid-      DELETE /_emulator/scalesets/{name}/vms/{id}: the agent and its
+//	analysis          analyzer vanish, polls are refused, result-server streams close
+//
+// A reimage or restart of the VM clears all three states.
 //
 // # Faults
 //

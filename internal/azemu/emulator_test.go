@@ -3,6 +3,7 @@ package azemu
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -95,7 +96,8 @@ func TestScaleSetCreateListAndAgents(t *testing.T) {
 		if err != nil {
 			t.Fatalf("agent of VM %s at %s: %v", id, ip, err)
 		}
-		if hello["message"] != "CAPE Agent!" || hello["version"] != "0.22" || hello["status_code"] != float64(200) {
+		// agent.py v0.22's json_success keeps the status code out of the body.
+		if _, has := hello["status_code"]; has || hello["message"] != "CAPE Agent!" || hello["version"] != "0.22" {
 			t.Fatalf("agent GET /: %v", hello)
 		}
 		st, err := agentGet(ip, opts.AgentPort, "/status", 5*time.Second)
@@ -499,6 +501,12 @@ func TestAdminEndpoints(t *testing.T) {
 	if _, err := agentGet(added.IP, opts.AgentPort, "/", 5*time.Second); err != nil || info.Agent != "up" {
 		t.Fatalf("up: %+v %v", info, err)
 	}
+	// fail answers as up does (its analyzers fail: see TestAgentFailState).
+	c.adminDo(t, http.MethodPost, agent, `{"state": "fail"}`, &info)
+	if _, err := agentGet(added.IP, opts.AgentPort, "/", 5*time.Second); err != nil || info.Agent != "fail" {
+		t.Fatalf("fail: %+v %v", info, err)
+	}
+	c.adminDo(t, http.MethodPost, agent, `{"state": "up"}`, &info)
 	if st := c.adminDo(t, http.MethodPost, agent, `{"state": "sideways"}`, nil); st != http.StatusBadRequest {
 		t.Fatalf("bad agent state: %d", st)
 	}
@@ -854,5 +862,64 @@ func TestLoadsStateFile(t *testing.T) {
 	done(t, p, err)
 	if ips := ipsByID(t, c, "old"); ips["2"] != "127.61.0.3" {
 		t.Fatalf("the new VM is not the next instance at the next address: %v", ips)
+	}
+}
+
+// A reimage boots the VM again: its agent is a fresh one, pinned to no one
+// and knowing nothing of the analysis or files before it.
+func TestReimageGivesAFreshAgent(t *testing.T) {
+	opts := testOptions(t)
+	e := startEmulator(t, opts)
+	c := newClients(t, e)
+	ctx := ctxT(t)
+	createSet(t, c, "fresh", 1)
+	ip := ipsByID(t, c, "fresh")["0"]
+	poll.Until(t, 5*time.Second, "the agent", func() bool { return !agentRefused(ip, opts.AgentPort) })
+	caller := &agentCaller{t: t, addr: net.JoinHostPort(ip, fmt.Sprint(opts.AgentPort))}
+	caller.must("GET", "/pinning", nil)
+	caller.must("POST", "/store", fields("filepath", `C:\x.txt`).file("file", "f", "x"))
+	caller.must("POST", "/status", fields("status", "running"))
+
+	rp, err := c.sets.BeginReimage(ctx, testRG, "fresh", &armcompute.VirtualMachineScaleSetsClientBeginReimageOptions{
+		VMScaleSetReimageInput: &armcompute.VirtualMachineScaleSetReimageParameters{InstanceIDs: []*string{to.Ptr("0")}},
+	})
+	done(t, rp, err)
+	var st agentResp
+	poll.Until(t, 5*time.Second, "the fresh agent", func() bool {
+		var err error
+		st, err = caller.do("GET", "/status", nil)
+		return err == nil
+	})
+	same(t, "status after reimage", st, 200, `{"message": "Analysis status", "status": "init", "description": ""}`)
+	same(t, "pinning after reimage", caller.must("GET", "/pinning", nil), 200, `{"message": "Successfully pinned Agent", "client_ip": "127.0.0.1"}`)
+	if r := caller.must("POST", "/retrieve", fields("filepath", `C:\x.txt`)); r.status != 404 {
+		t.Errorf("a file survived the reimage: %d", r.status)
+	}
+}
+
+// A restart the agents never saw (it began and ended between two
+// reconciliations) still replaces the agent: the boot count says so.
+func TestUnseenRestartReplacesTheAgent(t *testing.T) {
+	opts := testOptions(t)
+	e := startEmulator(t, opts)
+	c := newClients(t, e)
+	createSet(t, c, "boot", 1)
+	ip := ipsByID(t, c, "boot")["0"]
+	poll.Until(t, 5*time.Second, "the agent", func() bool { return e.agentRunning(ip) == agentUp })
+	e.agentMu.Lock()
+	before := e.agents[ip]
+	e.agentMu.Unlock()
+
+	e.mu.Lock()
+	e.st.sets[setKey(testSub, testRG, "boot")].VMs[0].Boot++
+	e.gen++
+	e.mu.Unlock()
+	e.syncAgents()
+
+	e.agentMu.Lock()
+	after := e.agents[ip]
+	e.agentMu.Unlock()
+	if after == nil || after == before {
+		t.Fatal("the agent outlived its VM's restart")
 	}
 }

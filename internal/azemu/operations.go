@@ -94,6 +94,7 @@ func (e *Emulator) completeLocked(o *operation) {
 			// Reimage, restart, start, power off, deallocate: the guest comes
 			// back fresh, so an admin agent override ends here.
 			v.State, v.Agent, v.FailProv = stSucceeded, "", false
+			v.Boot++
 			v.Power = v.PowerGoal
 			if v.Power == "" {
 				v.Power = pwRunning

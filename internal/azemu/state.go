@@ -42,6 +42,7 @@ const (
 	agentUp   = "up"
 	agentDown = "down"
 	agentHang = "hang"
+	agentFail = "fail" // answers, but every analyzer it starts fails
 )
 
 // scaleSet is one VM scale set. Its model is kept as the client sent it
@@ -75,8 +76,11 @@ type vm struct {
 	IP    string `json:"ip"`
 	State string `json:"provisioningState"`
 	Power string `json:"power"`
-	// Agent is the admin override of the guest agent: "" (up), down or hang.
+	// Agent is the admin override of the guest agent: "" (up), down, hang
+	// or fail.
 	Agent string `json:"agent,omitempty"`
+	// Boot counts the VM's (re)starts: each one runs a fresh agent.
+	Boot int `json:"boot,omitempty"`
 	// Op is the operation that will move this VM on when it ends.
 	Op string `json:"op,omitempty"`
 	// PowerGoal is the power state Op leaves the VM in.
@@ -186,7 +190,7 @@ func (v *vm) agentWanted() string {
 	if v.State != stSucceeded || v.Power != pwRunning {
 		return agentDown
 	}
-	if v.Agent == agentDown || v.Agent == agentHang {
+	if v.Agent == agentDown || v.Agent == agentHang || v.Agent == agentFail {
 		return v.Agent
 	}
 	return agentUp

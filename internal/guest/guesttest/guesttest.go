@@ -1,5 +1,7 @@
-// Package guesttest serves stand-ins for CAPE's guest agent in tests: the
-// agent of a static machine, say, where no emulator runs one.
+// Package guesttest serves stand-ins for the two ends of CAPE's guest
+// protocol in tests: a guest agent (the agent of a static machine, say,
+// where no emulator runs one) and a result server that records what
+// analyzers send it.
 package guesttest
 
 import (

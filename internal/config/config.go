@@ -166,7 +166,10 @@ type StaticMachine struct {
 
 // Guest configures the guest-agent protocol.
 type Guest struct {
-	AgentPort     int    `yaml:"agent_port"`
+	AgentPort int `yaml:"agent_port"`
+	// Analyzer is CAPE's analyzer package (a directory or a .zip holding
+	// analyzer.py), sent to every guest. Empty: the built-in stand-in
+	// analyzer, which only reports what it was given.
 	Analyzer      string `yaml:"analyzer"`
 	UploadMaxSize Size   `yaml:"upload_max_size"`
 }
@@ -259,7 +262,7 @@ func Default() *Config {
 			AdoptExisting:            true,
 			Emulator:                 EmulatorSettings{AnalysisDuration: "2s"},
 		},
-		Guest: Guest{AgentPort: 8000, Analyzer: "./analyzer", UploadMaxSize: 100 << 20},
+		Guest: Guest{AgentPort: 8000, UploadMaxSize: 100 << 20},
 	}
 }
 

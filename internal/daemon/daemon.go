@@ -99,6 +99,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	if d.analyzer, err = guest.LoadAnalyzer(cfg.Guest.Analyzer); err != nil {
 		return nil, fmt.Errorf("guest.analyzer: %w", err)
 	}
+	if cfg.Guest.Analyzer == "" {
+		log.Warn("guest.analyzer is not set: guests get the built-in stand-in analyzer, which only reports what it was given; set it to CAPE's analyzer for real analyses")
+	}
 	d.results, err = resultserver.New(resultserver.Options{Listen: cfg.ResultServer.Listen,
 		MaxFile: int64(cfg.Guest.UploadMaxSize), Logger: log.With("component", "resultserver")})
 	if err != nil {

@@ -182,7 +182,7 @@ func (s *Server) readFileForm(w http.ResponseWriter, r *http.Request) (url.Value
 			case err != nil:
 				return nil, nil, fmt.Errorf("file %q: %v", printable(part.FileName()), err)
 			}
-			files = append(files, upload{name: part.FileName(), sample: smp})
+			files = append(files, upload{name: rawFileName(part), sample: smp})
 			continue
 		}
 		b, err := io.ReadAll(io.LimitReader(part, maxField+1))
@@ -201,6 +201,16 @@ func (s *Server) readFileForm(w http.ResponseWriter, r *http.Request) (url.Value
 		return nil, nil, errors.New("file: No file was submitted")
 	}
 	return vals, files, nil
+}
+
+// rawFileName is the file name a part was sent under, as sent: Go's
+// FileName keeps only its base, and the original is the task's data.
+func rawFileName(p *multipart.Part) string {
+	_, params, err := mime.ParseMediaType(p.Header.Get("Content-Disposition"))
+	if err != nil || params["filename"] == "" {
+		return p.FileName()
+	}
+	return params["filename"]
 }
 
 // printable is a client's string made safe for a message.

@@ -239,6 +239,7 @@ func writeConfig(t *testing.T, c daemonConfig) (path, listen string) {
 	yaml := fmt.Sprintf(`listen: %s
 data_dir: %s
 database: %s
+resultserver: { listen: "%s" }
 fleet:
   reconcile_interval: %s
   lease_ttl: %s
@@ -261,7 +262,7 @@ pools:
     image: win10-gallery-image
     initial_size: %d
     max_size: 20
-`, listen, c.DataDir, db, interval, lease, health, c.Emulator.url, filepath.Join(c.Emulator.state, "ca.pem"), c.Size)
+`, listen, c.DataDir, db, freePort(t), interval, lease, health, c.Emulator.url, filepath.Join(c.Emulator.state, "ca.pem"), c.Size)
 	path = filepath.Join(c.DataDir, "sandfleet.yaml")
 	if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
 		t.Fatal(err)

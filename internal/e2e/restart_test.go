@@ -213,6 +213,20 @@ func TestEmbeddedDefault(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "sandfleet-data", "sandfleet.db")); err != nil {
 		t.Fatalf("default database not under ./sandfleet-data: %v", err)
 	}
+	// The README's first analysis: submit --wait ends completed, and the
+	// guest's report is in the analysis folder.
+	sampleFile := filepath.Join(dir, "sample.exe")
+	if err := os.WriteFile(sampleFile, []byte("MZ a sample"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out := runCLI(t, "submit", "--wait", "--server", d.api, sampleFile)
+	if code != 0 || !strings.Contains(out, "task 1: completed") {
+		t.Fatalf("submit --wait: exit %d\n%s", code, out)
+	}
+	log, err := os.ReadFile(filepath.Join(dir, "sandfleet-data", "analyses", "1", "analysis.log"))
+	if err != nil || !strings.Contains(string(log), "task 1: category file, target sample.exe") {
+		t.Fatalf("analysis.log: %v\n%s", err, log)
+	}
 }
 
 // Two daemons on one PostgreSQL share the fleet: one reconciles, the other

@@ -21,6 +21,7 @@ import (
 	"github.com/sandfleet/sandfleet/internal/sample"
 	"github.com/sandfleet/sandfleet/internal/sched"
 	"github.com/sandfleet/sandfleet/internal/store"
+	"github.com/sandfleet/sandfleet/internal/store/open"
 	"github.com/sandfleet/sandfleet/internal/store/sqlite"
 )
 
@@ -28,7 +29,7 @@ import (
 // and its CAPE-speaking guests, the driver, a reconciler, the result server,
 // a SQLite store, and the scheduler under test.
 type lab struct {
-	t       *testing.T
+	t       testing.TB
 	st      store.Store
 	emu     *azemu.Emulator
 	fleet   *fleet.Fleet
@@ -46,6 +47,7 @@ type labConfig struct {
 	analysis string // how long emulated analyzers run
 	edit     func(*sched.Options)
 	node     string
+	database string // a store URL; "" is SQLite in the lab's folder
 }
 
 func logger() *slog.Logger {
@@ -60,7 +62,7 @@ func pool(name string, size int, tags ...string) config.Pool {
 		Image: "win10-gallery-image", InitialSize: size, MaxSize: size}
 }
 
-func openStore(t *testing.T, path string) store.Store {
+func openStore(t testing.TB, path string) store.Store {
 	t.Helper()
 	st, err := sqlite.Open(context.Background(), path)
 	if err != nil {
@@ -73,7 +75,7 @@ func openStore(t *testing.T, path string) store.Store {
 	return st
 }
 
-func newLab(t *testing.T, c labConfig) *lab {
+func newLab(t testing.TB, c labConfig) *lab {
 	t.Helper()
 	if c.analysis == "" {
 		c.analysis = "300ms"
@@ -82,7 +84,16 @@ func newLab(t *testing.T, c labConfig) *lab {
 		c.node = "node-a"
 	}
 	l := &lab{t: t, dir: t.TempDir()}
-	l.st = openStore(t, filepath.Join(l.dir, "sandfleet.db"))
+	if c.database == "" {
+		l.st = openStore(t, filepath.Join(l.dir, "sandfleet.db"))
+	} else {
+		st, err := open.Open(context.Background(), c.database)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		l.st = st
+	}
 	var err error
 	l.emu, err = azemu.New(azemu.Options{Listen: "127.0.0.1:0", StateDir: t.TempDir(), AnalysisDuration: c.analysis, Logger: logger()})
 	if err != nil {

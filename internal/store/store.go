@@ -255,8 +255,10 @@ type Store interface {
 	// priority (highest first), then age.
 	PendingTasks(ctx context.Context, limit int) ([]Task, error)
 	// Lease hands machines to tasks, each pair in one compare-and-set (task
-	// pending → running, machine ready → leased): both or neither. The pairs
-	// share one short transaction; one results entry a request.
+	// pending → running, machine ready → leased): both or neither, never
+	// half a pair. The pairs share one short transaction; one results entry a
+	// request, ErrStale for a pair whose task or machine had moved (or was
+	// named by an earlier pair of the batch).
 	Lease(ctx context.Context, rs []LeaseRequest) ([]LeaseResult, error)
 	// RenewLeases extends node's leases on the running tasks ids by ttl; it
 	// returns the ids still held.

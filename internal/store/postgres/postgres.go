@@ -19,6 +19,7 @@ import (
 )
 
 var dialect = sqlstore.Dialect{
+	TimeType: "TIMESTAMPTZ",
 	Name:     "postgres",
 	Numbered: true,
 	// Any constant key will do, as long as it is always this one.

@@ -27,6 +27,7 @@ import (
 const timeFormat = "2006-01-02T15:04:05.000000Z"
 
 var dialect = sqlstore.Dialect{
+	TimeType:  "TEXT",
 	Name:      "sqlite",
 	OneWriter: true,
 	UniqueViolation: func(err error) bool {

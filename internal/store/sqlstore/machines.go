@@ -159,7 +159,7 @@ func (c conn) insertValues(ctx context.Context, prefix string, cols int, args []
 
 // GetMachine reads one machine by label.
 func (s *Store) GetMachine(ctx context.Context, label string) (store.Machine, error) {
-	ms, err := s.machines(ctx, machineQuery+` WHERE m.label = ?`, tagSep, label)
+	ms, err := s.machines(ctx, s.read(), machineQuery+` WHERE m.label = ?`, tagSep, label)
 	if err == nil && len(ms) == 0 {
 		err = store.ErrNotFound
 	}
@@ -187,7 +187,7 @@ func (s *Store) ListMachines(ctx context.Context, f store.MachineFilter) ([]stor
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, ` AND `)
 	}
-	ms, err := s.machines(ctx, q+` ORDER BY m.id`, args...)
+	ms, err := s.machines(ctx, s.read(), q+` ORDER BY m.id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list machines: %w", err)
 	}
@@ -195,8 +195,8 @@ func (s *Store) ListMachines(ctx context.Context, f store.MachineFilter) ([]stor
 }
 
 // machines runs a machineQuery.
-func (s *Store) machines(ctx context.Context, query string, args ...any) ([]store.Machine, error) {
-	rows, err := s.read().query(ctx, query, args...)
+func (s *Store) machines(ctx context.Context, c conn, query string, args ...any) ([]store.Machine, error) {
+	rows, err := c.query(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -41,6 +41,8 @@ type Dialect struct {
 	UniqueViolation func(error) bool
 	// Time turns a UTC time of microsecond precision into a query argument.
 	Time func(time.Time) any
+	// TimeType is the SQL type of a time column, for casts.
+	TimeType string
 	// ClockQuery, when set, reads the database's clock. Leases are timed by
 	// it, so that nodes whose clocks disagree still agree on expiry; without
 	// it (SQLite: one machine, one clock) the process clock is used.

@@ -297,77 +297,181 @@ func (s *Store) PendingTasks(ctx context.Context, limit int) ([]store.Task, erro
 	return ts, nil
 }
 
-// Lease applies each request as its own all-or-nothing pair of
-// compare-and-sets, inside one transaction: a savepoint per pair lets one
-// pair go stale without undoing the others or leaving half a pair behind.
+// Lease moves a batch of tasks (pending → running) and machines (ready →
+// leased) in one transaction of a few statements, whatever the batch's size:
+// one compare-and-set of all the tasks, one of all the machines. A pair in
+// which either row had moved makes the transaction roll back; it is dropped
+// as stale, and the rest are tried again, so that no half pair is ever
+// committed. Staleness is rare (another node, an operator, the reconciler
+// got there first), so the common batch commits at the first try.
 func (s *Store) Lease(ctx context.Context, rs []store.LeaseRequest) ([]store.LeaseResult, error) {
 	out := make([]store.LeaseResult, len(rs))
-	if len(rs) == 0 {
-		return out, nil
+	todo := make([]int, 0, len(rs)) // indexes into rs still to lease
+	tasks, labels := map[int64]bool{}, map[string]bool{}
+	for i, r := range rs {
+		// A task or a machine twice in one batch cannot both land.
+		if tasks[r.TaskID] || labels[r.Label] {
+			out[i].Err = fmt.Errorf("task %d, machine %s: %w: already in this batch", r.TaskID, r.Label, store.ErrStale)
+			continue
+		}
+		tasks[r.TaskID], labels[r.Label] = true, true
+		todo = append(todo, i)
 	}
-	err := s.write(ctx, func(c conn) error {
-		now, err := s.leaseNow(ctx, c)
-		if err != nil {
+	for len(todo) > 0 {
+		var stale map[int]error
+		err := s.write(ctx, func(c conn) error {
+			var err error
+			stale, err = s.leaseBatch(ctx, c, rs, todo, out)
+			if err == nil && len(stale) > 0 {
+				err = errRetryBatch // roll back; the stale pairs are dropped below
+			}
 			return err
+		})
+		if err == nil {
+			return out, nil
 		}
-		for i, r := range rs {
-			if _, err := c.exec(ctx, `SAVEPOINT lease`); err != nil {
-				return err
-			}
-			res, err := s.leaseOne(ctx, c, r, now)
-			if err != nil {
-				return err
-			}
-			out[i] = res
-			stmt := `RELEASE SAVEPOINT lease`
-			if res.Err != nil {
-				stmt = `ROLLBACK TO SAVEPOINT lease`
-			}
-			if _, err := c.exec(ctx, stmt); err != nil {
-				return err
-			}
-			if res.Err != nil {
-				if _, err := c.exec(ctx, `RELEASE SAVEPOINT lease`); err != nil {
-					return err
-				}
+		if !errors.Is(err, errRetryBatch) {
+			return nil, fmt.Errorf("lease %d machines: %w", len(rs), err)
+		}
+		next := todo[:0]
+		for _, i := range todo {
+			if e, bad := stale[i]; bad {
+				out[i] = store.LeaseResult{Err: e}
+			} else {
+				next = append(next, i)
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("lease %d machines: %w", len(rs), err)
+		todo = next
 	}
 	return out, nil
 }
 
-// leaseOne moves one task and one machine; a stale row is a result, not an
-// error, and the caller rolls the pair back.
-func (s *Store) leaseOne(ctx context.Context, c conn, r store.LeaseRequest, now time.Time) (store.LeaseResult, error) {
-	var res store.LeaseResult
-	ts, err := s.tasks(ctx, c, `UPDATE tasks SET status = ?, started_on = ?, ran_on = ?, node = ?,
-		lease_expires_at = ?, version = version + 1
-		WHERE id = ? AND status = ? AND version = ? RETURNING `+taskReturning,
-		store.TaskRunning, s.timeArg(now), r.Label, r.Node, s.timeArg(now.Add(r.TTL)),
-		r.TaskID, store.TaskPending, r.TaskVersion, tagSep)
+var errRetryBatch = errors.New("a pair of the batch went stale")
+
+// leaseBatch tries the pairs todo in c. It returns the pairs that went stale;
+// when there are none it has recorded the events and filled out.
+func (s *Store) leaseBatch(ctx context.Context, c conn, rs []store.LeaseRequest, todo []int, out []store.LeaseResult) (map[int]error, error) {
+	now, err := s.leaseNow(ctx, c)
 	if err != nil {
-		return res, err
+		return nil, err
 	}
-	if len(ts) == 0 {
-		res.Err = fmt.Errorf("task %d: %w: no longer pending at version %d", r.TaskID, store.ErrStale, r.TaskVersion)
-		return res, nil
+	var targs, margs []any
+	for _, i := range todo {
+		r := rs[i]
+		targs = append(targs, r.TaskID, r.Label, r.TaskVersion, r.Node, s.timeArg(now.Add(r.TTL)))
+		margs = append(margs, r.Label, r.MachineVersion, r.TaskID)
 	}
-	res.Task = ts[0]
-	m, err := s.transition(ctx, c, store.Transition{Label: r.Label, From: store.Ready, Version: r.MachineVersion,
-		To: store.Leased, TaskID: r.TaskID, Cause: fmt.Sprintf("task %d", r.TaskID)}, now)
+	landed := map[int64]bool{}
+	rows, err := c.query(ctx, `WITH v (id, label, ver, node, until) AS (VALUES `+
+		castRows(len(todo), "BIGINT", "TEXT", "BIGINT", "TEXT", s.d.TimeType)+`)
+		UPDATE tasks SET status = ?, started_on = ?, ran_on = v.label, node = v.node, lease_expires_at = v.until,
+			version = tasks.version + 1
+		FROM v WHERE tasks.id = v.id AND tasks.version = v.ver AND tasks.status = ? RETURNING tasks.id`,
+		append(targs, store.TaskRunning, s.timeArg(now), store.TaskPending)...)
 	if err != nil {
-		return res, err
+		return nil, err
 	}
-	if m == nil {
-		res.Err = fmt.Errorf("machine %s: %w: no longer ready at version %d", r.Label, store.ErrStale, r.MachineVersion)
-		return res, nil
+	if err := scanEach(rows, func(sc func(...any) error) error {
+		var id int64
+		err := sc(&id)
+		landed[id] = true
+		return err
+	}); err != nil {
+		return nil, err
 	}
-	res.Machine = *m
-	return res, s.taskEvent(ctx, c, res.Task, store.TaskPending, "leased "+r.Label, now)
+	leased := map[string]bool{}
+	rows, err = c.query(ctx, `WITH v (label, ver, task) AS (VALUES `+castRows(len(todo), "TEXT", "BIGINT", "BIGINT")+`)
+		UPDATE machines SET state = ?, version = machines.version + 1, state_changed_on = ?, locked_changed_on = ?,
+			task_id = v.task
+		FROM v WHERE machines.label = v.label AND machines.version = v.ver AND machines.state = ? RETURNING machines.label`,
+		append(margs, store.Leased, s.timeArg(now), s.timeArg(now), store.Ready)...)
+	if err != nil {
+		return nil, err
+	}
+	if err := scanEach(rows, func(sc func(...any) error) error {
+		var label string
+		err := sc(&label)
+		leased[label] = true
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	stale := map[int]error{}
+	for _, i := range todo {
+		r := rs[i]
+		switch {
+		case !landed[r.TaskID]:
+			stale[i] = fmt.Errorf("task %d: %w: no longer pending at version %d", r.TaskID, store.ErrStale, r.TaskVersion)
+		case !leased[r.Label]:
+			stale[i] = fmt.Errorf("machine %s: %w: no longer ready at version %d", r.Label, store.ErrStale, r.MachineVersion)
+		}
+	}
+	if len(stale) > 0 {
+		return stale, nil
+	}
+	return nil, s.leaseEvents(ctx, c, rs, todo, out, now)
+}
+
+// leaseEvents reads back the leased rows into out and records the events of
+// both sides, one statement each.
+func (s *Store) leaseEvents(ctx context.Context, c conn, rs []store.LeaseRequest, todo []int, out []store.LeaseResult, now time.Time) error {
+	ids := make([]any, 0, len(todo)+1)
+	labels := make([]any, 0, len(todo)+1)
+	ids, labels = append(ids, tagSep), append(labels, tagSep)
+	for _, i := range todo {
+		ids, labels = append(ids, rs[i].TaskID), append(labels, rs[i].Label)
+	}
+	in := `(` + strings.TrimSuffix(strings.Repeat("?, ", len(todo)), ", ") + `)`
+	ts, err := s.tasks(ctx, c, taskQuery+` WHERE tk.id IN `+in, ids...)
+	if err != nil {
+		return err
+	}
+	ms, err := s.machines(ctx, c, machineQuery+` WHERE m.label IN `+in, labels...)
+	if err != nil {
+		return err
+	}
+	byID := make(map[int64]store.Task, len(ts))
+	for _, t := range ts {
+		byID[t.ID] = t
+	}
+	byLabel := make(map[string]store.Machine, len(ms))
+	for _, m := range ms {
+		byLabel[m.Label] = m
+	}
+	var tevents, mevents []any
+	for _, i := range todo {
+		t, m := byID[rs[i].TaskID], byLabel[rs[i].Label]
+		out[i] = store.LeaseResult{Task: t, Machine: m}
+		tevents = append(tevents, t.ID, store.TaskPending, store.TaskRunning, m.Label, t.Attempt, "leased "+m.Label, s.timeArg(now))
+		mevents = append(mevents, m.ID, m.Label, store.Ready, store.Leased, fmt.Sprintf("task %d", t.ID), s.timeArg(now))
+	}
+	if err := c.insertValues(ctx, `INSERT INTO task_events (task_id, from_status, to_status, machine, attempt, cause, at) VALUES `, 7, tevents); err != nil {
+		return err
+	}
+	return c.insertValues(ctx, `INSERT INTO machine_events (machine_id, label, from_state, to_state, cause, at) VALUES `, 6, mevents)
+}
+
+// castRows is the VALUES rows of a batch: rows rows of placeholders, each
+// cast to its column's type so that both databases compare them with the
+// table's columns.
+func castRows(rows int, types ...string) string {
+	cells := make([]string, len(types))
+	for i, t := range types {
+		cells[i] = "CAST(? AS " + t + ")"
+	}
+	one := "(" + strings.Join(cells, ", ") + ")"
+	return strings.TrimSuffix(strings.Repeat(one+", ", rows), ", ")
+}
+
+// scanEach calls fn for each row, then closes rows.
+func scanEach(rows *sql.Rows, fn func(scan func(...any) error) error) error {
+	defer rows.Close()
+	for rows.Next() {
+		if err := fn(rows.Scan); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
 }
 
 // RenewLeases extends node's leases on the running tasks ids.

@@ -143,7 +143,7 @@ func testSamplesAndTasks(t *testing.T, open func(t *testing.T) store.Store) {
 func testTaskLease(t *testing.T, open func(t *testing.T) store.Store) {
 	ctx := context.Background()
 	s := migrated(t, open)
-	ms := insert(t, s, machine("m1", "p", store.Ready), machine("m2", "p", store.Ready))
+	ms := insert(t, s, machine("m1", "p", store.Ready), machine("m2", "p", store.Ready), machine("m3", "p", store.Ready))
 	ts := createTasks(t, s, task("a"), task("b"), task("c"))
 
 	res := leaseOne(t, s, ts[0], ms[0], "node-a")
@@ -155,23 +155,34 @@ func testTaskLease(t *testing.T, open func(t *testing.T) store.Store) {
 		t.Errorf("leased machine %+v", res.Machine)
 	}
 	// A stale pair — the task moved, or the machine — changes neither row,
-	// and does not stop the other pairs of the batch.
+	// and does not stop the other pairs of the batch. A machine (or a task)
+	// named twice in one batch goes to the first pair only.
 	out, err := s.Lease(ctx, []store.LeaseRequest{
 		{TaskID: ts[1].ID, TaskVersion: ts[1].Version, Label: "m1", MachineVersion: ms[0].Version, Node: "n", TTL: time.Minute},
-		{TaskID: ts[0].ID, TaskVersion: ts[0].Version, Label: "m2", MachineVersion: ms[1].Version, Node: "n", TTL: time.Minute},
+		{TaskID: ts[0].ID, TaskVersion: ts[0].Version, Label: "m3", MachineVersion: ms[2].Version, Node: "n", TTL: time.Minute},
 		{TaskID: ts[2].ID, TaskVersion: ts[2].Version, Label: "m2", MachineVersion: ms[1].Version, Node: "n", TTL: time.Minute},
+		{TaskID: ts[1].ID, TaskVersion: ts[1].Version, Label: "m2", MachineVersion: ms[1].Version, Node: "n", TTL: time.Minute},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !errors.Is(out[0].Err, store.ErrStale) || !errors.Is(out[1].Err, store.ErrStale) || out[2].Err != nil {
-		t.Fatalf("batch results %v / %v / %v, want stale, stale, leased", out[0].Err, out[1].Err, out[2].Err)
+	if !errors.Is(out[0].Err, store.ErrStale) || !errors.Is(out[1].Err, store.ErrStale) || out[2].Err != nil || !errors.Is(out[3].Err, store.ErrStale) {
+		t.Fatalf("batch results %v / %v / %v / %v, want stale, stale, leased, stale", out[0].Err, out[1].Err, out[2].Err, out[3].Err)
+	}
+	if out[2].Task.Status != store.TaskRunning || out[2].Machine.State != store.Leased || out[2].Machine.TaskID != ts[2].ID {
+		t.Errorf("the pair that landed: %+v / %+v", out[2].Task, out[2].Machine)
 	}
 	if b := getTask(t, s, ts[1].ID); b.Status != store.TaskPending || b.Version != ts[1].Version {
 		t.Errorf("task b after its stale pair: %+v", b)
 	}
+	if m := get(t, s, "m3"); m.State != store.Ready || m.Version != ms[2].Version {
+		t.Errorf("m3, whose task was stale, changed: %+v", m)
+	}
 	if m := get(t, s, "m2"); m.TaskID != ts[2].ID {
 		t.Errorf("m2 leased to task %d, want %d", m.TaskID, ts[2].ID)
+	}
+	if es := events(t, s, "m2"); es[len(es)-1].To != store.Leased || es[len(es)-1].Cause != fmt.Sprintf("task %d", ts[2].ID) {
+		t.Errorf("m2's lease event %+v", es[len(es)-1])
 	}
 
 	held, err := s.RenewLeases(ctx, "node-a", []int64{ts[0].ID, ts[2].ID}, time.Minute)

@@ -168,49 +168,25 @@ func (d *decoder) list(path string, n *yaml.Node, v reflect.Value) {
 // mapping decodes a map keyed by strings: its keys are the file's, not
 // sandfleet's (scheduler.package_tags names packages).
 func (d *decoder) mapping(path string, n *yaml.Node, v reflect.Value) {
-	if n.Kind != yaml.MappingNode {
-		d.fail(n, path, "want a mapping (key: value), not %s", describe(n))
-		return
-	}
 	m := reflect.MakeMap(v.Type())
-	set := map[string]*yaml.Node{}
-	for _, p := range d.pairs(path, n) {
-		k := p.key
-		if k.Kind == yaml.AliasNode && k.Alias != nil {
-			k = k.Alias
-		}
-		if k.Kind != yaml.ScalarNode {
-			d.fail(k, path, "a key must be a name, not %s", describe(k))
-			continue
-		}
-		keyPath := path + "." + keyName(k.Value)
-		if first, dup := set[k.Value]; dup {
-			if !p.merged {
-				d.fail(k, keyPath, "already set on line %d", first.Line)
-			}
-			continue
-		}
-		set[k.Value] = k
+	ok := d.entries(path, n, func(key, keyPath string, _, value *yaml.Node) {
 		e := reflect.New(v.Type().Elem()).Elem()
-		d.value(keyPath, p.value, e)
-		m.SetMapIndex(reflect.ValueOf(k.Value), e)
+		d.value(keyPath, value, e)
+		m.SetMapIndex(reflect.ValueOf(key), e)
+	})
+	if ok {
+		v.Set(m)
 	}
-	v.Set(m)
 }
 
-// pair is one key and its value in a mapping; merged pairs come from a "<<"
-// merge key and give way to the mapping's own keys.
-type pair struct {
-	key, value *yaml.Node
-	merged     bool
-}
-
-func (d *decoder) section(path string, n *yaml.Node, v reflect.Value) {
+// entries calls fn for each key of the mapping n once, with its path; it
+// fails a node that is not a mapping, a key that is not a name and a key
+// given twice. It reports whether n was a mapping.
+func (d *decoder) entries(path string, n *yaml.Node, fn func(key, keyPath string, keyNode, value *yaml.Node)) bool {
 	if n.Kind != yaml.MappingNode {
 		d.fail(n, path, "want a mapping (key: value), not %s", describe(n))
-		return
+		return false
 	}
-	fields := fieldsOf(v.Type())
 	set := map[string]*yaml.Node{}
 	for _, p := range d.pairs(path, n) {
 		k := p.key
@@ -225,11 +201,6 @@ func (d *decoder) section(path string, n *yaml.Node, v reflect.Value) {
 		if path != "" {
 			keyPath = path + "." + keyPath
 		}
-		i, ok := fields[k.Value]
-		if !ok {
-			d.fail(k, keyPath, "unknown key")
-			continue
-		}
 		if first, dup := set[k.Value]; dup {
 			if !p.merged {
 				d.fail(k, keyPath, "already set on line %d", first.Line)
@@ -237,8 +208,28 @@ func (d *decoder) section(path string, n *yaml.Node, v reflect.Value) {
 			continue
 		}
 		set[k.Value] = k
-		d.value(keyPath, p.value, v.Field(i))
+		fn(k.Value, keyPath, k, p.value)
 	}
+	return true
+}
+
+// pair is one key and its value in a mapping; merged pairs come from a "<<"
+// merge key and give way to the mapping's own keys.
+type pair struct {
+	key, value *yaml.Node
+	merged     bool
+}
+
+func (d *decoder) section(path string, n *yaml.Node, v reflect.Value) {
+	fields := fieldsOf(v.Type())
+	d.entries(path, n, func(key, keyPath string, keyNode, value *yaml.Node) {
+		i, ok := fields[key]
+		if !ok {
+			d.fail(keyNode, keyPath, "unknown key")
+			return
+		}
+		d.value(keyPath, value, v.Field(i))
+	})
 }
 
 // pairs lists a mapping's keys: its own first, then those of the mappings it

@@ -178,7 +178,7 @@ func (s *Store) ListMachines(ctx context.Context, f store.MachineFilter) ([]stor
 		args = append(args, f.Pool)
 	}
 	if len(f.States) > 0 {
-		where = append(where, `m.state IN (`+strings.TrimSuffix(strings.Repeat("?, ", len(f.States)), ", ")+`)`)
+		where = append(where, `m.state IN `+placeholders(1, len(f.States)))
 		for _, st := range f.States {
 			args = append(args, st)
 		}

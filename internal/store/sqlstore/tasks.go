@@ -162,13 +162,13 @@ func (s *Store) ListTasks(ctx context.Context, f store.TaskFilter) ([]store.Task
 	var where []string
 	args := []any{tagSep}
 	if len(f.Statuses) > 0 {
-		where = append(where, `tk.status IN (`+strings.TrimSuffix(strings.Repeat("?, ", len(f.Statuses)), ", ")+`)`)
+		where = append(where, `tk.status IN `+placeholders(1, len(f.Statuses)))
 		for _, st := range f.Statuses {
 			args = append(args, st)
 		}
 	}
 	if len(f.IDs) > 0 {
-		where = append(where, `tk.id IN (`+strings.TrimSuffix(strings.Repeat("?, ", len(f.IDs)), ", ")+`)`)
+		where = append(where, `tk.id IN `+placeholders(1, len(f.IDs)))
 		for _, id := range f.IDs {
 			args = append(args, id)
 		}
@@ -421,7 +421,7 @@ func (s *Store) leaseEvents(ctx context.Context, c conn, rs []store.LeaseRequest
 	for _, i := range todo {
 		ids, labels = append(ids, rs[i].TaskID), append(labels, rs[i].Label)
 	}
-	in := `(` + strings.TrimSuffix(strings.Repeat("?, ", len(todo)), ", ") + `)`
+	in := placeholders(1, len(todo))
 	ts, err := s.tasks(ctx, c, taskQuery+` WHERE tk.id IN `+in, ids...)
 	if err != nil {
 		return err
@@ -489,8 +489,8 @@ func (s *Store) RenewLeases(ctx context.Context, node string, ids []int64, ttl t
 		for _, id := range ids {
 			args = append(args, id)
 		}
-		rows, err := c.query(ctx, `UPDATE tasks SET lease_expires_at = ? WHERE node = ? AND status = ? AND id IN (`+
-			strings.TrimSuffix(strings.Repeat("?, ", len(ids)), ", ")+`) RETURNING id`, args...)
+		rows, err := c.query(ctx, `UPDATE tasks SET lease_expires_at = ? WHERE node = ? AND status = ? AND id IN `+
+			placeholders(1, len(ids))+` RETURNING id`, args...)
 		if err != nil {
 			return err
 		}

@@ -204,10 +204,12 @@ func TestVMDeletedMidAnalysis(t *testing.T) {
 	if m, _ := l.st.GetMachine(context.Background(), running.RanOn); m.State != store.Gone {
 		t.Errorf("%s is %s, want gone", running.RanOn, m.State)
 	}
-	// The first attempt's results are kept aside, not mixed with the second's.
-	if _, err := os.Stat(filepath.Join(l.analysisDir(task.ID), "attempts", "1", "analysis.log")); err != nil {
-		t.Errorf("attempt 1's analysis.log not kept aside: %v", err)
-	}
+	// The first attempt's results are set aside when the second begins, not
+	// mixed with its own.
+	poll.Until(t, 30*time.Second, "attempt 1's analysis.log set aside", func() bool {
+		_, err := os.Stat(filepath.Join(l.analysisDir(task.ID), "attempts", "1", "analysis.log"))
+		return err == nil
+	})
 }
 
 // An analyzer that fails is a failed analysis with the agent's words, never

@@ -6,7 +6,6 @@ package api
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -261,36 +260,13 @@ func LoadTokens(path string) (map[string]bool, error) {
 	return tokens, nil
 }
 
-type envelope struct {
-	Error      bool     `json:"error"`
-	Data       any      `json:"data,omitempty"`
-	ErrorValue string   `json:"error_value,omitempty"`
-	Errors     []string `json:"errors,omitempty"`
-}
-
-func reply(w http.ResponseWriter, data any) {
-	write(w, http.StatusOK, envelope{Data: data})
-}
-
-func fail(w http.ResponseWriter, code int, msg string) {
-	write(w, code, envelope{Error: true, ErrorValue: msg})
-}
-
-func write(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
 func (s *Server) internal(w http.ResponseWriter, r *http.Request, err error) {
 	s.log.Error("api", "path", r.URL.Path, "err", err)
 	fail(w, http.StatusServiceUnavailable, fmt.Sprintf("%s: %v", r.URL.Path, err))
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	write(w, http.StatusOK, map[string]string{"status": "ok", "version": Version})
+	write(w, http.StatusOK, obj{{"status", "ok"}, {"version", Version}})
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
@@ -307,14 +283,14 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	select {
 	case <-b.fleet.Ready():
-		write(w, http.StatusOK, map[string]string{"status": "ready"})
+		write(w, http.StatusOK, obj{{"status", "ready"}})
 	default:
-		write(w, http.StatusServiceUnavailable, map[string]string{"status": "first reconcile not finished"})
+		write(w, http.StatusServiceUnavailable, obj{{"status", "first reconcile not finished"}})
 	}
 }
 
 func (s *Server) databaseDown(w http.ResponseWriter, why string) {
-	write(w, http.StatusServiceUnavailable, map[string]string{"status": "database unavailable", "database": s.database, "error": why})
+	write(w, http.StatusServiceUnavailable, obj{{"status", "database unavailable"}, {"database", s.database}, {"error", why}})
 }
 
 const timeFormat = "2006-01-02 15:04:05"
@@ -391,6 +367,15 @@ func (s *Server) machinesList(w http.ResponseWriter, r *http.Request, b *backend
 		}
 		f.States = []store.MachineState{store.MachineState(st)}
 	}
+	// As CAPE's: reserved machines are left out, unless asked for.
+	withReserved := false
+	if v := r.URL.Query().Get("reserved"); v != "" {
+		var err error
+		if withReserved, err = strconv.ParseBool(v); err != nil {
+			fail(w, http.StatusBadRequest, fmt.Sprintf("reserved: %q is not true or false", v))
+			return
+		}
+	}
 	ms, err := b.store.ListMachines(r.Context(), f)
 	if err != nil {
 		s.internal(w, r, err)
@@ -398,9 +383,16 @@ func (s *Server) machinesList(w http.ResponseWriter, r *http.Request, b *backend
 	}
 	out := make([]Machine, 0, len(ms))
 	for _, m := range ms {
-		out = append(out, MachineJSON(m))
+		if !m.Reserved || withReserved || f.Pool != "" {
+			out = append(out, MachineJSON(m))
+		}
 	}
-	reply(w, out)
+	replyMachines(w, out)
+}
+
+// replyMachines is CAPE's envelope of the machine routes: data first.
+func replyMachines(w http.ResponseWriter, data any) {
+	write(w, http.StatusOK, obj{{"data", data}, {"error", []string{}}})
 }
 
 // knownPool answers 404 naming the pool when a filter names one that does not
@@ -432,7 +424,7 @@ func validState(s string) bool {
 
 func (s *Server) machinesView(w http.ResponseWriter, r *http.Request, b *backend) {
 	if m, ok := s.machine(w, r, b); ok {
-		reply(w, MachineJSON(m))
+		replyMachines(w, MachineJSON(m))
 	}
 }
 

@@ -53,8 +53,16 @@ func newFleet(t *testing.T) (store.Store, *fleet.Fleet) {
 	return st, fleet.NewFleet(r)
 }
 
+// capeError reads CAPE's "error": true on failure, [] (or false) on success.
+type capeError bool
+
+func (e *capeError) UnmarshalJSON(b []byte) error {
+	*e = string(b) == "true"
+	return nil
+}
+
 type envelope struct {
-	Error      bool            `json:"error"`
+	Error      capeError       `json:"error"`
 	ErrorValue string          `json:"error_value"`
 	Data       json.RawMessage `json:"data"`
 }
@@ -80,7 +88,7 @@ func get(t *testing.T, url, token string) (int, envelope) {
 func TestMachinesInCAPEShape(t *testing.T) {
 	srv, _ := newServer(t, nil)
 	code, env := get(t, srv.URL+"/apiv2/machines/list/", "")
-	if code != 200 || env.Error {
+	if code != 200 || bool(env.Error) {
 		t.Fatalf("list: %d %+v", code, env)
 	}
 	var ms []map[string]any
@@ -104,15 +112,15 @@ func TestMachinesInCAPEShape(t *testing.T) {
 	}
 
 	code, env = get(t, srv.URL+"/apiv2/machines/view/lab1/", "")
-	if code != 200 || env.Error {
+	if code != 200 || bool(env.Error) {
 		t.Fatalf("view: %d %+v", code, env)
 	}
 	code, env = get(t, srv.URL+"/apiv2/machines/view/nope/", "")
-	if code != 404 || !env.Error || env.ErrorValue == "" {
+	if code != 404 || !bool(env.Error) || env.ErrorValue == "" {
 		t.Fatalf("view of unknown machine: %d %+v", code, env)
 	}
 	code, env = get(t, srv.URL+"/apiv2/machines/list/?state=sleepy", "")
-	if code != 400 || !env.Error {
+	if code != 400 || !bool(env.Error) {
 		t.Fatalf("bad state filter: %d %+v", code, env)
 	}
 }
@@ -147,7 +155,7 @@ func TestCheckAndPools(t *testing.T) {
 
 func TestTokenAuth(t *testing.T) {
 	srv, _ := newServer(t, map[string]bool{"s3cret": true})
-	if code, env := get(t, srv.URL+"/apiv2/machines/list/", ""); code != 401 || !env.Error {
+	if code, env := get(t, srv.URL+"/apiv2/machines/list/", ""); code != 401 || !bool(env.Error) {
 		t.Fatalf("no token: %d", code)
 	}
 	if code, _ := get(t, srv.URL+"/apiv2/machines/list/", "wrong"); code != 401 {
@@ -248,7 +256,7 @@ func TestFiltersNameBadInput(t *testing.T) {
 		"/apiv2/no/such/thing/":                      "no such endpoint",
 	} {
 		code, env := get(t, srv.URL+path, "")
-		if code < 400 || code >= 500 || !env.Error || !strings.Contains(env.ErrorValue, want) {
+		if code < 400 || code >= 500 || !bool(env.Error) || !strings.Contains(env.ErrorValue, want) {
 			t.Errorf("%s: %d %q, want a 4xx naming %q", path, code, env.ErrorValue, want)
 		}
 	}

@@ -123,7 +123,7 @@ func TestMalformedBodiesChangeNothing(t *testing.T) {
 		for _, c := range cases {
 			t.Run(endpoint+"/"+c.name, func(t *testing.T) {
 				resp, env := send(t, "POST", srv.URL+"/apiv2/machines/"+endpoint+"/lab1/", c.contentType, strings.NewReader(c.body))
-				if resp.StatusCode != c.code || !env.Error || !strings.Contains(env.ErrorValue, c.want) {
+				if resp.StatusCode != c.code || !bool(env.Error) || !strings.Contains(env.ErrorValue, c.want) {
 					t.Errorf("%d %q, want %d naming %q", resp.StatusCode, env.ErrorValue, c.code, c.want)
 				}
 				if after := snap(t, st, "lab1"); after != before {
@@ -202,7 +202,7 @@ func TestWrongMethod(t *testing.T) {
 		t.Run(c.method+" "+c.path, func(t *testing.T) {
 			resp, env := send(t, c.method, srv.URL+c.path, "", nil)
 			want := "method " + c.method + " not allowed on " + c.path + "; allowed: " + c.allow
-			if resp.StatusCode != 405 || resp.Header.Get("Allow") != c.allow || !env.Error || env.ErrorValue != want {
+			if resp.StatusCode != 405 || resp.Header.Get("Allow") != c.allow || !bool(env.Error) || env.ErrorValue != want {
 				t.Errorf("%d Allow %q %q, want 405 Allow %q %q", resp.StatusCode, resp.Header.Get("Allow"), env.ErrorValue, c.allow, want)
 			}
 			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
@@ -219,7 +219,7 @@ func TestWrongMethod(t *testing.T) {
 		}
 	}
 	resp, env := send(t, "DELETE", srv.URL+"/apiv2/no/such/thing/", "", nil)
-	if resp.StatusCode != 404 || !env.Error || !strings.Contains(env.ErrorValue, "no such endpoint: DELETE /apiv2/no/such/thing/") {
+	if resp.StatusCode != 404 || !bool(env.Error) || !strings.Contains(env.ErrorValue, "no such endpoint: DELETE /apiv2/no/such/thing/") {
 		t.Errorf("unknown path: %d %q", resp.StatusCode, env.ErrorValue)
 	}
 }

@@ -39,26 +39,26 @@ func (s *Server) cuckooStatus(w http.ResponseWriter, r *http.Request, b *backend
 		all += n
 	}
 	host, _ := os.Hostname()
-	capeOK(w, map[string]any{
-		"version":  Version,
-		"hostname": host,
-		"machines": map[string]int{"total": total, "available": available},
-		"tasks": map[string]int{"total": all, "pending": counts[store.TaskPending], "running": counts[store.TaskRunning],
-			"completed": counts[store.TaskCompleted], "reported": counts[store.TaskReported]},
-		"server": map[string]any{"storage": storage(s.dataDir), "ram": memory()},
+	reply(w, obj{
+		{"version", Version},
+		{"hostname", host},
+		{"machines", obj{{"total", total}, {"available", available}}},
+		{"tasks", obj{{"total", all}, {"pending", counts[store.TaskPending]}, {"running", counts[store.TaskRunning]},
+			{"completed", counts[store.TaskCompleted]}, {"reported", counts[store.TaskReported]}}},
+		{"server", obj{{"storage", storage(s.dataDir)}, {"ram", memory()}}},
 	})
 }
 
 const gb = 1 << 30
 
 // storage is the data directory's file system, in GB.
-func storage(dir string) map[string]any {
+func storage(dir string) obj {
 	if dir == "" {
 		dir = "."
 	}
 	var st syscall.Statfs_t
 	if syscall.Statfs(dir, &st) != nil {
-		return map[string]any{}
+		return obj{}
 	}
 	total := float64(st.Blocks) * float64(st.Bsize)
 	free := float64(st.Bavail) * float64(st.Bsize)
@@ -67,15 +67,15 @@ func storage(dir string) map[string]any {
 	if total > 0 {
 		pct = int(used / total * 100)
 	}
-	return map[string]any{"free": int(free / gb), "total": int(total / gb), "used": int(used / gb),
-		"used_by": strconv.Itoa(pct) + "%"}
+	return obj{{"free", int(free / gb)}, {"total", int(total / gb)}, {"used", int(used / gb)},
+		{"used_by", strconv.Itoa(pct) + "%"}}
 }
 
 // memory is the host's memory, in GB, from /proc/meminfo.
-func memory() map[string]any {
+func memory() obj {
 	f, err := os.Open("/proc/meminfo")
 	if err != nil {
-		return map[string]any{}
+		return obj{}
 	}
 	defer f.Close()
 	kb := map[string]float64{}
@@ -89,5 +89,5 @@ func memory() map[string]any {
 		}
 	}
 	total, free := kb["MemTotal"]*1024, kb["MemAvailable"]*1024
-	return map[string]any{"free": int(free / gb), "total": int(total / gb), "used": int((total - free) / gb)}
+	return obj{{"free", int(free / gb)}, {"total", int(total / gb)}, {"used", int((total - free) / gb)}}
 }

@@ -437,7 +437,7 @@ func (s *Server) createTasks(w http.ResponseWriter, r *http.Request, b *backend,
 		errs = []string{}
 	}
 	if len(ts) == 0 {
-		write(w, http.StatusBadRequest, map[string]any{"error": true, "error_value": "Error adding task to database", "errors": errs})
+		write(w, http.StatusBadRequest, obj{{"error", true}, {"error_value", "Error adding task to database"}, {"errors", errs}})
 		return
 	}
 	created, err := b.store.CreateTasks(r.Context(), ts, "submitted through the API")
@@ -462,10 +462,10 @@ func (s *Server) createTasks(w http.ResponseWriter, r *http.Request, b *backend,
 		}
 		msg = fmt.Sprintf("Task IDs %s have been submitted", strings.Join(parts, ", "))
 	}
-	write(w, http.StatusOK, map[string]any{
-		"error":  []string{},
-		"data":   map[string]any{"task_ids": ids, "message": msg},
-		"errors": errs,
-		"url":    urls,
+	write(w, http.StatusOK, obj{
+		{"error", []string{}},
+		{"data", obj{{"task_ids", ids}, {"message", msg}}},
+		{"errors", errs},
+		{"url", urls},
 	})
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -69,6 +70,23 @@ type Task struct {
 	Error   *string `json:"error"`
 }
 
+// Guest is CAPE's record of the guest an analysis ran in (its guests
+// table), derived here from the task and the machine it ran on.
+type Guest struct {
+	ID         int64   `json:"id"`
+	Status     string  `json:"status"`
+	Name       string  `json:"name"`
+	Label      string  `json:"label"`
+	Platform   string  `json:"platform"`
+	Manager    string  `json:"manager"`
+	StartedOn  *string `json:"started_on"`
+	ShutdownOn *string `json:"shutdown_on"`
+	TaskID     int64   `json:"task_id"`
+}
+
+// managers are CAPE's names of the machinery behind each provider.
+var managers = map[string]string{"azure": "Azure", "static": "Physical", "libvirt": "KVM"}
+
 // Sample is a sample as CAPE shows it.
 type Sample struct {
 	ID        int64   `json:"id"`
@@ -83,9 +101,79 @@ type Sample struct {
 	SourceURL *string `json:"source_url"`
 }
 
-// TaskJSON converts a task (and its sample, if any) to CAPE's shape. The
-// machine is the one it ran on, once it ran, else the one it asked for.
-func TaskJSON(t store.Task, smp *store.Sample) Task {
+// taskDetails are what a task's CAPE shape needs besides its row.
+type taskDetails struct {
+	sample   *store.Sample
+	machine  *store.Machine // the machine it ran on, if it still exists
+	provider string         // that machine's pool's provider
+}
+
+// details reads, for a few tasks, their samples, machines and the machines'
+// providers: each distinct one once.
+func (s *Server) details(ctx context.Context, b *backend, ts []store.Task) []taskDetails {
+	out := make([]taskDetails, len(ts))
+	samples := map[int64]*store.Sample{}
+	machines := map[string]*store.Machine{}
+	providers := map[string]string{}
+	for i, t := range ts {
+		if t.SampleID != 0 {
+			smp, seen := samples[t.SampleID]
+			if !seen {
+				if got, err := b.store.GetSample(ctx, t.SampleID); err == nil {
+					smp = &got
+				}
+				samples[t.SampleID] = smp
+			}
+			out[i].sample = smp
+		}
+		if t.RanOn == "" {
+			continue
+		}
+		m, seen := machines[t.RanOn]
+		if !seen {
+			if got, err := b.store.GetMachine(ctx, t.RanOn); err == nil {
+				m = &got
+			}
+			machines[t.RanOn] = m
+		}
+		out[i].machine = m
+		if m == nil {
+			continue
+		}
+		prov, seen := providers[m.Pool]
+		if !seen {
+			if p, err := b.store.GetPool(ctx, m.Pool); err == nil {
+				prov = p.Provider
+			}
+			providers[m.Pool] = prov
+		}
+		out[i].provider = prov
+	}
+	return out
+}
+
+// guestOf is the guest record of a task that ran.
+func guestOf(t store.Task, d taskDetails) any {
+	if t.RanOn == "" || t.StartedOn.IsZero() {
+		return obj{}
+	}
+	status := map[store.TaskStatus]string{store.TaskRunning: "running", store.TaskCompleted: "complete",
+		store.TaskReported: "complete"}[t.Status]
+	if status == "" {
+		status = "failed"
+	}
+	platform := t.Platform
+	if d.machine != nil {
+		platform = d.machine.Platform
+	}
+	return Guest{ID: t.ID, Status: status, Name: t.RanOn, Label: t.RanOn, Platform: platform,
+		Manager: managers[d.provider], StartedOn: capeTime(t.StartedOn), ShutdownOn: capeTime(t.CompletedOn), TaskID: t.ID}
+}
+
+// TaskJSON converts a task and its details to CAPE's shape. The machine is
+// the one it ran on, once it ran, else the one it asked for.
+func TaskJSON(t store.Task, d taskDetails) Task {
+	smp := d.sample
 	tags := t.Tags
 	if tags == nil {
 		tags = []string{}
@@ -115,6 +203,11 @@ func TaskJSON(t store.Task, smp *store.Sample) Task {
 		id := t.SampleID
 		out.SampleID = &id
 	}
+	if d.machine != nil {
+		id := d.machine.ID
+		out.MachineID = &id
+	}
+	out.Guest = guestOf(t, d)
 	if smp != nil {
 		out.Sample = Sample{ID: smp.ID, FileSize: smp.FileSize, FileType: smp.FileType, MD5: smp.MD5, CRC32: smp.CRC32,
 			SHA1: smp.SHA1, SHA256: smp.SHA256, SHA512: smp.SHA512}
@@ -151,34 +244,33 @@ func (s *Server) task(w http.ResponseWriter, r *http.Request, b *backend) (store
 	return t, true
 }
 
-// capeOK writes CAPE's success envelope: "error" is an empty list.
-func capeOK(w http.ResponseWriter, data any) {
-	write(w, http.StatusOK, map[string]any{"error": []string{}, "data": data})
-}
-
 // GET tasks/view/<id>/: the task, its target cut to the file name for files.
 func (s *Server) tasksView(w http.ResponseWriter, r *http.Request, b *backend) {
 	t, ok := s.task(w, r, b)
 	if !ok {
 		return
 	}
-	var smp *store.Sample
-	if t.SampleID != 0 {
-		if got, err := b.store.GetSample(r.Context(), t.SampleID); err == nil {
-			smp = &got
-		}
-	}
-	out := TaskJSON(t, smp)
+	out := TaskJSON(t, s.details(r.Context(), b, []store.Task{t})[0])
 	if t.Category != "url" {
 		out.Target = filepath.Base(strings.ReplaceAll(out.Target, `\`, "/"))
 	}
-	capeOK(w, out)
+	reply(w, out)
 }
 
 // GET tasks/status/<id>/.
 func (s *Server) tasksStatus(w http.ResponseWriter, r *http.Request, b *backend) {
-	if t, ok := s.task(w, r, b); ok {
-		capeOK(w, t.Status)
+	id, ok := taskID(w, r)
+	if !ok {
+		return
+	}
+	t, err := b.store.GetTask(r.Context(), id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		fail(w, http.StatusNotFound, "Task does not exist")
+	case err != nil:
+		s.internal(w, r, err)
+	default:
+		reply(w, t.Status)
 	}
 }
 
@@ -193,7 +285,7 @@ const (
 // the ids, as dist.py asks), option (a substring), category.
 func (s *Server) tasksList(w http.ResponseWriter, r *http.Request, b *backend) {
 	f := store.TaskFilter{Newest: true, Limit: listDefaultLimit}
-	resp := map[string]any{}
+	var resp obj
 	num := func(key string) (int, bool) {
 		raw := r.PathValue(key)
 		if raw == "" {
@@ -222,7 +314,7 @@ func (s *Server) tasksList(w http.ResponseWriter, r *http.Request, b *backend) {
 		f.Limit = limit
 	}
 	if f.Limit > listMaxLimit {
-		resp["warning"] = "Task limit exceeds API configured limit."
+		resp = append(resp, field{"warning", "Task limit exceeds API configured limit."})
 		f.Limit = listMaxLimit
 	}
 	f.Offset = offset
@@ -255,20 +347,22 @@ func (s *Server) tasksList(w http.ResponseWriter, r *http.Request, b *backend) {
 		s.internal(w, r, err)
 		return
 	}
-	resp["config"] = fmt.Sprintf("Limit: %d, Offset: %s", f.Limit, pyOptional(r.PathValue("offset")))
 	data := []any{}
 	buf := 0
 	if q.Get("ids") != "" {
 		for _, t := range ts {
-			data = append(data, map[string]int64{"id": t.ID})
+			data = append(data, obj{{"id", t.ID}})
 		}
 	} else {
-		for _, t := range ts {
+		ds := s.details(r.Context(), b, ts)
+		for i, t := range ts {
 			buf++
-			data = append(data, TaskJSON(t, s.sampleOf(r, b, t)))
+			data = append(data, TaskJSON(t, ds[i]))
 		}
 	}
-	resp["data"], resp["buf"] = data, buf
+	resp = append(resp, field{"data", data},
+		field{"config", fmt.Sprintf("Limit: %d, Offset: %s", f.Limit, pyOptional(r.PathValue("offset")))},
+		field{"buf", buf})
 	write(w, http.StatusOK, resp)
 }
 
@@ -279,17 +373,6 @@ func pyOptional(raw string) string {
 		return "None"
 	}
 	return raw
-}
-
-func (s *Server) sampleOf(r *http.Request, b *backend, t store.Task) *store.Sample {
-	if t.SampleID == 0 {
-		return nil
-	}
-	smp, err := b.store.GetSample(r.Context(), t.SampleID)
-	if err != nil {
-		return nil
-	}
-	return &smp
 }
 
 // GET tasks/reschedule/<id>/: a new task with the same request, as CAPE
@@ -313,31 +396,101 @@ func (s *Server) tasksReschedule(w http.ResponseWriter, r *http.Request, b *back
 		return
 	}
 	b.sched.Trigger()
-	write(w, http.StatusOK, map[string]any{"error": []string{}, "data": map[string]any{
-		"new_task_id": ts[0].ID, "message": fmt.Sprintf("Task ID %d has been rescheduled as task %d", t.ID, ts[0].ID),
-	}})
+	reply(w, obj{{"new_task_id", ts[0].ID}, {"message", fmt.Sprintf("Task ID %d has been rescheduled", t.ID)}})
 }
 
-// GET tasks/delete/<id>/: the task, its history and its analysis folder; a
-// running task is refused (409).
+// GET tasks/delete/<ids>/: tasks (1, 1,2,3 or 1-4 as CAPE takes them),
+// their history and their analysis folders. A running task is not deleted:
+// it is named among those that failed to go.
 func (s *Server) tasksDelete(w http.ResponseWriter, r *http.Request, b *backend) {
-	t, ok := s.task(w, r, b)
-	if !ok {
+	ids, err := parseTaskIDs(r.PathValue("id"))
+	if err != nil {
+		fail(w, http.StatusBadRequest, "task id: "+err.Error())
 		return
 	}
-	err := b.store.DeleteTask(r.Context(), t.ID)
-	switch {
-	case errors.Is(err, store.ErrStale):
-		fail(w, http.StatusConflict, fmt.Sprintf("task %d is running: it cannot be deleted until its analysis ends", t.ID))
-		return
-	case err != nil:
-		s.internal(w, r, err)
-		return
-	}
-	if s.dataDir != "" {
-		if err := os.RemoveAll(filepath.Join(s.dataDir, "analyses", strconv.FormatInt(t.ID, 10))); err != nil {
-			s.log.Warn("remove analysis folder", "task_id", t.ID, "err", err)
+	var deleted, failed []string
+	for _, id := range ids {
+		err := b.store.DeleteTask(r.Context(), id)
+		switch {
+		case errors.Is(err, store.ErrStale), errors.Is(err, store.ErrNotFound):
+			failed = append(failed, strconv.FormatInt(id, 10))
+			continue
+		case err != nil:
+			s.internal(w, r, err)
+			return
+		}
+		deleted = append(deleted, strconv.FormatInt(id, 10))
+		if s.dataDir != "" {
+			if err := os.RemoveAll(filepath.Join(s.dataDir, "analyses", strconv.FormatInt(id, 10))); err != nil {
+				s.log.Warn("remove analysis folder", "task_id", id, "err", err)
+			}
 		}
 	}
-	capeOK(w, fmt.Sprintf("Task ID %d has been deleted", t.ID))
+	resp := obj{{"error", []string{}}}
+	if len(deleted) > 0 {
+		resp = append(resp, field{"data", fmt.Sprintf("Task(s) ID(s) %s has been deleted", strings.Join(deleted, ","))})
+	}
+	if len(failed) > 0 {
+		resp[0].value = true
+		resp = append(resp, field{"failed", fmt.Sprintf("Task(s) ID(s) %s failed to remove (running, or unknown)", strings.Join(failed, ","))})
+		code := http.StatusConflict
+		if len(deleted) == 0 && len(ids) == 1 {
+			if _, err := b.store.GetTask(r.Context(), ids[0]); errors.Is(err, store.ErrNotFound) {
+				code = http.StatusNotFound
+			}
+		}
+		if len(deleted) > 0 {
+			code = http.StatusOK
+		}
+		write(w, code, resp)
+		return
+	}
+	write(w, http.StatusOK, resp)
+}
+
+// maxDeleteRange bounds one delete: a range is not a way to loop forever.
+const maxDeleteRange = 10000
+
+// parseTaskIDs reads CAPE's forms of task ids: 7, 1,2,3 or 1-4.
+func parseTaskIDs(raw string) ([]int64, error) {
+	one := func(tok string) (int64, error) {
+		id, err := strconv.ParseInt(strings.TrimSpace(tok), 10, 64)
+		if err != nil || id < 1 || id > 2147483647 {
+			return 0, fmt.Errorf("%q is not a task id", tok)
+		}
+		return id, nil
+	}
+	if lo, hi, ok := strings.Cut(raw, "-"); ok {
+		a, err := one(lo)
+		if err != nil {
+			return nil, err
+		}
+		z, err := one(hi)
+		if err != nil {
+			return nil, err
+		}
+		if a > z {
+			return nil, fmt.Errorf("%q: the start is after the end", raw)
+		}
+		if z-a >= maxDeleteRange {
+			return nil, fmt.Errorf("%q: more than %d tasks", raw, maxDeleteRange)
+		}
+		var ids []int64
+		for id := a; id <= z; id++ {
+			ids = append(ids, id)
+		}
+		return ids, nil
+	}
+	var ids []int64
+	for _, tok := range strings.Split(raw, ",") {
+		id, err := one(tok)
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	if len(ids) > maxDeleteRange {
+		return nil, fmt.Errorf("more than %d tasks", maxDeleteRange)
+	}
+	return ids, nil
 }

@@ -305,7 +305,7 @@ func TestRescheduleDeleteAndStatus(t *testing.T) {
 	if code != 200 || out["data"].(map[string]any)["new_task_id"] != 2.0 {
 		t.Fatalf("reschedule: %d %v", code, out)
 	}
-	if code, out := s.getJSON(t, "/apiv2/tasks/delete/1/"); code != 200 || out["data"] != "Task ID 1 has been deleted" {
+	if code, out := s.getJSON(t, "/apiv2/tasks/delete/1/"); code != 200 || out["data"] != "Task(s) ID(s) 1 has been deleted" {
 		t.Errorf("delete: %d %v", code, out)
 	}
 	if code, _ := s.getJSON(t, "/apiv2/tasks/view/1/"); code != 404 {

@@ -97,12 +97,12 @@ pools:
 		t.Fatal(err)
 	}
 	var env struct {
-		Error      bool   `json:"error"`
-		ErrorValue string `json:"error_value"`
+		Error      capeError `json:"error"`
+		ErrorValue string    `json:"error_value"`
 	}
 	json.NewDecoder(resp.Body).Decode(&env)
 	resp.Body.Close()
-	if resp.StatusCode != 503 || !env.Error || !strings.Contains(env.ErrorValue, "database unavailable") {
+	if resp.StatusCode != 503 || !bool(env.Error) || !strings.Contains(env.ErrorValue, "database unavailable") {
 		t.Errorf("machines/list while the database is down: %d %+v", resp.StatusCode, env)
 	}
 	alive()

@@ -199,6 +199,14 @@ func count(rs []request, method, suffix string) int {
 	return n
 }
 
+// capeError reads CAPE's "error": true on failure, [] (or false) on success.
+type capeError bool
+
+func (e *capeError) UnmarshalJSON(b []byte) error {
+	*e = string(b) == "true"
+	return nil
+}
+
 // daemon is a `sandfleet serve` process.
 type daemon struct {
 	*proc
@@ -312,7 +320,7 @@ func (d *daemon) get(t *testing.T, path string, data any) error {
 	}
 	defer resp.Body.Close()
 	var env struct {
-		Error bool            `json:"error"`
+		Error capeError       `json:"error"`
 		Data  json.RawMessage `json:"data"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&env); err != nil {

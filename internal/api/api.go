@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/sandfleet/sandfleet/internal/fleet"
+	"github.com/sandfleet/sandfleet/internal/metrics"
 	"github.com/sandfleet/sandfleet/internal/sample"
 	"github.com/sandfleet/sandfleet/internal/store"
 )
@@ -37,6 +38,8 @@ type Server struct {
 	samples   *sample.Dir
 	maxSample int64
 	dataDir   string
+	// metricsHandler serves the registry, with the state collector.
+	metricsHandler http.Handler
 
 	// backend is nil until the database is open: the daemon serves (and
 	// /readyz says why it is not ready) while it waits for one that is down.
@@ -78,6 +81,9 @@ type Options struct {
 	MaxSampleSize int64
 	// DataDir holds the analysis folders, removed with their task.
 	DataDir string
+	// Metrics is the registry /metrics serves, the scheduler's and the
+	// reconcilers' instruments in it; nil makes one of its own.
+	Metrics *metrics.Metrics
 }
 
 // New returns the API handler.
@@ -87,6 +93,13 @@ func New(o Options) *Server {
 	}
 	s := &Server{tokens: o.Tokens, log: o.Logger, mux: http.NewServeMux(), routes: map[string]methods{}, database: o.Database,
 		samples: o.Samples, maxSample: o.MaxSampleSize, dataDir: o.DataDir}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
+	if err := o.Metrics.Register(state{s}); err != nil {
+		s.log.Warn("metrics: register the state collector", "err", err)
+	}
+	s.metricsHandler = o.Metrics.Handler()
 	if o.Store != nil && o.Fleet != nil {
 		s.Attach(o.Store, o.Fleet, nil)
 	}

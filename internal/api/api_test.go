@@ -17,6 +17,7 @@ import (
 	"github.com/sandfleet/sandfleet/internal/api"
 	"github.com/sandfleet/sandfleet/internal/config"
 	"github.com/sandfleet/sandfleet/internal/fleet"
+	"github.com/sandfleet/sandfleet/internal/metrics"
 	"github.com/sandfleet/sandfleet/internal/provider/static"
 	"github.com/sandfleet/sandfleet/internal/store"
 	"github.com/sandfleet/sandfleet/internal/store/open"
@@ -190,18 +191,33 @@ func TestMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{
-		`sandfleet_machines{pool="lab",state="ready"} 1`,
-		`sandfleet_pool_drift{pool="lab"} 0`,
-		`sandfleet_pool_instances{pool="lab"} 1`,
-		`sandfleet_pool_throttled{pool="lab"} 0`,
-		`sandfleet_reconcile_passes_total{provider="static",outcome="ok"} 1`,
-		"# TYPE sandfleet_db_round_trips_total counter",
+	fams, err := metrics.Parse(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []struct {
+		name   string
+		labels []string
+		value  float64
+	}{
+		{"sandfleet_machines", []string{"pool", "lab", "state", "ready"}, 1},
+		{"sandfleet_machines", []string{"pool", "lab", "state", "leased"}, 0},
+		{"sandfleet_pool_drift", []string{"pool", "lab"}, 0},
+		{"sandfleet_pool_instances", []string{"pool", "lab"}, 1},
+		{"sandfleet_pool_throttled", []string{"pool", "lab"}, 0},
+		{"sandfleet_reconcile_passes_total", []string{"provider", "static", "outcome", "ok"}, 1},
+		{"sandfleet_tasks", []string{"status", "pending"}, 0},
+		{"sandfleet_database_up", nil, 1},
 	} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("/metrics lacks %q:\n%s", want, body)
+		if got, ok := fams.Value(want.name, want.labels...); !ok || got != want.value {
+			t.Errorf("%s%v = %v (present %v), want %v", want.name, want.labels, got, ok, want.value)
 		}
+	}
+	if fams["sandfleet_db_round_trips_total"].GetType().String() != "COUNTER" {
+		t.Errorf("sandfleet_db_round_trips_total is %v", fams["sandfleet_db_round_trips_total"].GetType())
+	}
+	if _, ok := fams["go_goroutines"]; !ok {
+		t.Error("the Go runtime collector is missing")
 	}
 }
 
@@ -318,10 +334,14 @@ func TestDatabaseUnavailableUntilAttached(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(body)
 	}
-	for _, path := range []string{"/apiv2/machines/list/", "/apiv2/machines/view/lab1/", "/apiv2/fleet/check/", "/metrics"} {
+	for _, path := range []string{"/apiv2/machines/list/", "/apiv2/machines/view/lab1/", "/apiv2/fleet/check/"} {
 		if code, body := call(path); code != 503 || !strings.Contains(body, "database unavailable ("+db+"): connection refused") {
 			t.Errorf("%s before the database: %d %s", path, code, body)
 		}
+	}
+	// /metrics still answers, so a scrape sees the database is down.
+	if code, body := call("/metrics"); code != 200 || !strings.Contains(body, "\nsandfleet_database_up 0\n") {
+		t.Errorf("/metrics before the database: %d %s", code, body)
 	}
 	code, body := call("/readyz")
 	var ready map[string]string

@@ -24,6 +24,7 @@ import (
 	"github.com/sandfleet/sandfleet/internal/config"
 	"github.com/sandfleet/sandfleet/internal/fleet"
 	"github.com/sandfleet/sandfleet/internal/guest"
+	"github.com/sandfleet/sandfleet/internal/metrics"
 	"github.com/sandfleet/sandfleet/internal/provider"
 	"github.com/sandfleet/sandfleet/internal/provider/azure"
 	"github.com/sandfleet/sandfleet/internal/provider/static"
@@ -54,6 +55,7 @@ type Daemon struct {
 	results *resultserver.Server
 	// analyzer is the analyzer package every guest is sent.
 	analyzer []byte
+	metrics  *metrics.Metrics
 	// sched is set once the database is open.
 	sched atomic.Pointer[sched.Scheduler]
 }
@@ -154,8 +156,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 			return nil, err
 		}
 	}
+	d.metrics = metrics.New()
 	d.api = api.New(api.Options{Tokens: tokens, Logger: log, Database: d.database, Samples: d.samples,
-		MaxSampleSize: int64(cfg.Scheduler.MaxSampleSize), DataDir: cfg.DataDir})
+		MaxSampleSize: int64(cfg.Scheduler.MaxSampleSize), DataDir: cfg.DataDir, Metrics: d.metrics})
 	d.listener, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
@@ -213,6 +216,7 @@ func (d *Daemon) runNode(ctx context.Context) error {
 	for _, o := range d.reconcilers {
 		o.Store = d.store
 		o.OnReady = func() { sch.Trigger() }
+		o.Metrics = d.metrics
 		recs = append(recs, fleet.New(o))
 	}
 	f = fleet.NewFleet(recs...)
@@ -222,7 +226,7 @@ func (d *Daemon) runNode(ctx context.Context) error {
 		LeaseTTL: cfg.Fleet.LeaseTTL, DataDir: cfg.DataDir, Samples: d.samples,
 		Guest:   guest.NewClient(cfg.Guest.AgentPort, cfg.Timeouts.Critical),
 		Results: d.results, Analyzer: d.analyzer, UploadMaxSize: int64(cfg.Guest.UploadMaxSize),
-		Verify: f.Verify, Released: f.Trigger, Logger: d.log.With("component", "scheduler"),
+		Verify: f.Verify, Released: f.Trigger, Metrics: d.metrics, Logger: d.log.With("component", "scheduler"),
 	})
 	d.sched.Store(sch)
 	d.api.Attach(d.store, f, sch)

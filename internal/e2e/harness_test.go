@@ -14,13 +14,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sandfleet/sandfleet/internal/azemu"
+	"github.com/sandfleet/sandfleet/internal/metrics"
 	"github.com/sandfleet/sandfleet/internal/poll"
 )
 
@@ -332,26 +332,30 @@ func (d *daemon) get(t *testing.T, path string, data any) error {
 	return json.Unmarshal(env.Data, data)
 }
 
-// metric reads one sample of /metrics by its name and labels as exposed,
-// e.g. `sandfleet_drift{pool="win10x64"}`; -1 if it is not there.
-func (d *daemon) metric(t *testing.T, series string) float64 {
+// metrics scrapes /metrics with Prometheus' own parser.
+func (d *daemon) metrics(t *testing.T) metrics.Families {
 	t.Helper()
 	resp, err := http.Get(d.api + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, series+" "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil {
-				t.Fatalf("metric %s: %q", series, v)
-			}
-			return f
-		}
+	fams, err := metrics.Parse(resp.Body)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return -1
+	return fams
+}
+
+// metric reads the samples of family name whose labels include the pairs
+// given, summed; -1 if there is none.
+func (d *daemon) metric(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	v, ok := d.metrics(t).Value(name, labels...)
+	if !ok {
+		return -1
+	}
+	return v
 }
 
 func (d *daemon) machines(t *testing.T) []machine {

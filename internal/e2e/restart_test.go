@@ -173,9 +173,11 @@ func TestThrottleKeepsLastView(t *testing.T) {
 	}
 	// Let the daemon's own timers fire inside the window: two more passes
 	// that found the provider throttled.
-	const skipped = `sandfleet_reconcile_passes_total{provider="azure",outcome="throttled"}`
-	before := d.metric(t, skipped)
-	poll.Until(t, 10*time.Second, "two more throttled passes", func() bool { return d.metric(t, skipped) >= before+2 })
+	skipped := func() float64 {
+		return d.metric(t, "sandfleet_reconcile_passes_total", "provider", "azure", "outcome", "throttled")
+	}
+	before := skipped()
+	poll.Until(t, 10*time.Second, "two more throttled passes", func() bool { return skipped() >= before+2 })
 	for _, r := range emu.requests(t)[throttledAt:] {
 		if r.Method != "GET" {
 			t.Errorf("write sent while throttled: %s %s", r.Method, r.Path)

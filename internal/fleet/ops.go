@@ -189,6 +189,7 @@ func (r *Reconciler) finish(op store.Operation, state store.OpState, msg string)
 	if err := r.o.Store.FinishOperation(ctx, op.ID, state, msg); err != nil && !errors.Is(err, store.ErrStale) {
 		r.opLog(op).Error("finish operation", "err", err)
 	}
+	r.o.Metrics.OperationEnded(r.ProviderName(), string(op.Kind), string(state))
 	r.ops.unclaim(op)
 	r.ops.release()
 	r.Trigger()

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/sandfleet/sandfleet/internal/config"
+	"github.com/sandfleet/sandfleet/internal/metrics"
 	"github.com/sandfleet/sandfleet/internal/provider"
 	"github.com/sandfleet/sandfleet/internal/store"
 )
@@ -82,6 +83,8 @@ type Options struct {
 	// OnReady is called after machines became ready: the scheduler has
 	// work to give them.
 	OnReady func()
+	// Metrics records passes, operations and throttles (nil: none).
+	Metrics *metrics.Metrics
 	Logger  *slog.Logger
 }
 

@@ -152,6 +152,11 @@ func (r *Reconciler) Pass(ctx context.Context) error {
 	err := r.pass(ctx)
 	r.passes.Add(1)
 	r.lastPassNanos.Store(int64(time.Since(start)))
+	outcome := "ok"
+	if err != nil {
+		outcome = "failed"
+	}
+	r.o.Metrics.Pass(r.ProviderName(), outcome, time.Since(start))
 	switch {
 	case err != nil:
 		r.failed.Add(1)

@@ -56,6 +56,7 @@ func (r *Reconciler) noteThrottle(err error) bool {
 	}
 	newWindow, until := r.throttle.note(t, time.Now())
 	if newWindow {
+		r.o.Metrics.Throttled(r.ProviderName())
 		r.log.Warn("provider throttled; keeping last view, no writes until retry-after",
 			"op", t.Op, "retry_after", t.RetryAfter)
 	}

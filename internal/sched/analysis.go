@@ -260,7 +260,10 @@ func detached() (context.Context, context.CancelFunc) {
 func (s *Scheduler) end(log *slog.Logger, t store.Task, status store.TaskStatus, why string) {
 	ctx, cancel := detached()
 	defer cancel()
-	_, err := s.o.Store.EndTask(ctx, store.TaskEnd{TaskID: t.ID, Node: s.o.Node, Status: status, Error: why})
+	ended, err := s.o.Store.EndTask(ctx, store.TaskEnd{TaskID: t.ID, Node: s.o.Node, Status: status, Error: why})
+	if err == nil {
+		s.o.Metrics.AnalysisEnded(string(status), ended.CompletedOn.Sub(ended.StartedOn))
+	}
 	switch {
 	case err != nil:
 		log.Error("record the end of an analysis", "status", status, "err", err)

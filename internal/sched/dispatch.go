@@ -94,6 +94,7 @@ func (s *Scheduler) dispatch(ctx context.Context) error {
 			s.Trigger()
 			continue
 		}
+		s.o.Metrics.Leased(r.Task.StartedOn.Sub(r.Task.AddedOn))
 		s.start(r.Task, r.Machine)
 	}
 	return nil

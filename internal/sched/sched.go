@@ -26,6 +26,7 @@ import (
 
 	"github.com/sandfleet/sandfleet/internal/config"
 	"github.com/sandfleet/sandfleet/internal/guest"
+	"github.com/sandfleet/sandfleet/internal/metrics"
 	"github.com/sandfleet/sandfleet/internal/resultserver"
 	"github.com/sandfleet/sandfleet/internal/sample"
 	"github.com/sandfleet/sandfleet/internal/store"
@@ -70,7 +71,9 @@ type Options struct {
 	// Released is called when machines were released dirty or changed, to
 	// wake the reconciler.
 	Released func()
-	Logger   *slog.Logger
+	// Metrics records leases and analyses' ends (nil: none).
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
 }
 
 // Scheduler dispatches pending tasks and runs their analyses.

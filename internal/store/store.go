@@ -272,6 +272,13 @@ type Store interface {
 	// RequeueTask puts a running task back in the queue (or fails it past
 	// its attempts); ErrStale if it is not running under r.Node.
 	RequeueTask(ctx context.Context, r Requeue) (Task, error)
+	// PendingHooks lists the tasks whose hooks.on_complete waits to run on
+	// node, oldest end first.
+	PendingHooks(ctx context.Context, node string) ([]Task, error)
+	// RecordHook records how a pending hook of node ended; ErrStale if the
+	// task's hook is no longer pending on that node (a later analysis of
+	// the same task left a new one, or the task was deleted).
+	RecordHook(ctx context.Context, h HookRun) error
 	// TransitionTask applies one compare-and-set on a task's status.
 	TransitionTask(ctx context.Context, t TaskTransition) (Task, error)
 	// DeleteTask removes a task that is not running, with its events and

@@ -80,7 +80,40 @@ type Task struct {
 	// Node holds the analysis lease while running, until LeaseExpires.
 	Node         string
 	LeaseExpires time.Time
-	Version      int64
+	// Hook is the hand-off of the ended analysis to hooks.on_complete.
+	Hook    Hook
+	Version int64
+}
+
+// HookStatus is where a task's hooks.on_complete run stands.
+type HookStatus string
+
+// Hook statuses. HookNone: no hook configured when the analysis ended.
+const (
+	HookNone    HookStatus = ""
+	HookPending HookStatus = "pending" // to run on Hook.Node
+	HookOK      HookStatus = "ok"      // exited 0
+	HookFailed  HookStatus = "failed"  // exited non-zero, or could not start
+	HookTimeout HookStatus = "timeout" // killed at hooks.timeout
+)
+
+// Hook is one task's hooks.on_complete run: the node that runs it, and how
+// it ended (its exit code, the tail of its output, when).
+type Hook struct {
+	Status  HookStatus
+	Node    string
+	Exit    int
+	Output  string
+	EndedOn time.Time
+}
+
+// HookRun records how a pending hook ended; Status is ok, failed or timeout.
+type HookRun struct {
+	TaskID int64
+	Node   string
+	Status HookStatus
+	Exit   int
+	Output string
 }
 
 // TaskFilter selects tasks; zero fields match everything.
@@ -140,6 +173,9 @@ type TaskEnd struct {
 	Status TaskStatus
 	Error  string
 	Cause  string
+	// HookNode, when set, leaves the task's hooks.on_complete pending on
+	// that node, in the same transaction.
+	HookNode string
 }
 
 // Requeue puts a running task of Node back in the queue (pending), in one
@@ -161,6 +197,9 @@ type Requeue struct {
 	Cause        string
 	MachineTo    MachineState
 	MachineCause string
+	// HookNode, when set and the task fails past its attempts, leaves its
+	// hooks.on_complete pending on that node.
+	HookNode string
 }
 
 // TaskTransition is a compare-and-set on a task outside the analysis flow:

@@ -52,7 +52,8 @@ func (s *Store) GetSample(ctx context.Context, id int64) (store.Sample, error) {
 // taskColumns are the tasks table's columns, in taskDest's order.
 var taskColumns = []string{"id", "target", "category", "sample_id", "file_name", "timeout", "priority", "custom",
 	"machine", "package", "route", "options", "platform", "memory", "enforce_timeout", "clock", "added_on",
-	"started_on", "completed_on", "status", "attempt", "error", "ran_on", "node", "lease_expires_at", "version"}
+	"started_on", "completed_on", "status", "attempt", "error", "ran_on", "node", "lease_expires_at", "hook_status",
+	"hook_node", "hook_exit", "hook_output", "hook_ended_on", "version"}
 
 var (
 	// taskQuery starts with a ? for tagSep; callers append WHERE and ORDER BY.
@@ -78,7 +79,8 @@ func taskDest(t *store.Task) []any {
 	return []any{&t.ID, &t.Target, &t.Category, nullID{&t.SampleID}, &t.FileName, &t.Timeout, &t.Priority, &t.Custom,
 		&t.Machine, &t.Package, &t.Route, &t.Options, &t.Platform, &t.Memory, &t.EnforceTimeout, timeDest{&t.Clock},
 		timeDest{&t.AddedOn}, timeDest{&t.StartedOn}, timeDest{&t.CompletedOn}, &t.Status, &t.Attempt, &t.Error,
-		&t.RanOn, &t.Node, timeDest{&t.LeaseExpires}, &t.Version, tagsDest{&t.Tags}}
+		&t.RanOn, &t.Node, timeDest{&t.LeaseExpires}, &t.Hook.Status, &t.Hook.Node, &t.Hook.Exit, &t.Hook.Output,
+		timeDest{&t.Hook.EndedOn}, &t.Version, tagsDest{&t.Tags}}
 }
 
 // CreateTasks inserts tasks as pending, with their tags and creation events,
@@ -537,7 +539,7 @@ func (s *Store) EndTask(ctx context.Context, e store.TaskEnd) (store.Task, error
 	err := s.write(ctx, func(c conn) error {
 		now := s.stamp()
 		t, err := s.moveRunning(ctx, c, e.TaskID, e.Node, `status = ?, error = ?, completed_on = ?, node = '',
-			lease_expires_at = NULL`, e.Status, e.Error, s.timeArg(now))
+			lease_expires_at = NULL, `+hookSet, e.Status, e.Error, s.timeArg(now), hookStatus(e.HookNode), e.HookNode)
 		if err != nil {
 			return err
 		}
@@ -567,9 +569,10 @@ func (s *Store) RequeueTask(ctx context.Context, r store.Requeue) (store.Task, e
 		args := []any{store.TaskPending}
 		switch {
 		case r.Lost && r.MaxAttempts > 0 && cur.Attempt >= r.MaxAttempts:
-			set = `status = ?, error = ?, completed_on = ?, node = '', lease_expires_at = NULL`
+			set = `status = ?, error = ?, completed_on = ?, node = '', lease_expires_at = NULL, ` + hookSet
 			args = []any{store.TaskFailedAnalysis,
-				fmt.Sprintf("%s; gave up after %d attempts", r.Cause, cur.Attempt), s.timeArg(now)}
+				fmt.Sprintf("%s; gave up after %d attempts", r.Cause, cur.Attempt), s.timeArg(now),
+				hookStatus(r.HookNode), r.HookNode}
 		case r.Lost:
 			set += `, attempt = attempt + 1`
 		}
@@ -608,6 +611,57 @@ func (s *Store) runningTask(ctx context.Context, c conn, id int64, node string) 
 		return store.Task{}, fmt.Errorf("%w: it is %s under %q", store.ErrStale, t.Status, t.Node)
 	}
 	return t, nil
+}
+
+// hookSet leaves an ended analysis's hook pending on a node, or none,
+// forgetting an earlier attempt's run; its arguments come from hookStatus.
+const hookSet = `hook_status = ?, hook_node = ?, hook_exit = 0, hook_output = '', hook_ended_on = NULL`
+
+func hookStatus(node string) store.HookStatus {
+	if node == "" {
+		return store.HookNone
+	}
+	return store.HookPending
+}
+
+// PendingHooks lists the tasks whose hook waits to run on node.
+func (s *Store) PendingHooks(ctx context.Context, node string) ([]store.Task, error) {
+	ts, err := s.tasks(ctx, s.read(), taskQuery+` WHERE tk.hook_status = ? AND tk.hook_node = ? ORDER BY tk.completed_on, tk.id`,
+		tagSep, store.HookPending, node)
+	if err != nil {
+		return nil, fmt.Errorf("pending hooks of %s: %w", node, err)
+	}
+	return ts, nil
+}
+
+// RecordHook records how a pending hook ended.
+func (s *Store) RecordHook(ctx context.Context, h store.HookRun) error {
+	switch h.Status {
+	case store.HookOK, store.HookFailed, store.HookTimeout:
+	default:
+		return fmt.Errorf("record hook of task %d: %q is not how a hook ends", h.TaskID, h.Status)
+	}
+	// A hook prints what it likes; PostgreSQL's text takes neither NUL nor
+	// invalid UTF-8.
+	out := strings.ToValidUTF8(strings.ReplaceAll(h.Output, "\x00", ""), "\uFFFD")
+	err := s.write(ctx, func(c conn) error {
+		res, err := c.exec(ctx, `UPDATE tasks SET hook_status = ?, hook_exit = ?, hook_output = ?, hook_ended_on = ?
+			WHERE id = ? AND hook_status = ? AND hook_node = ?`,
+			h.Status, h.Exit, out, s.timeArg(s.stamp()), h.TaskID, store.HookPending, h.Node)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return store.ErrStale
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("record hook of task %d: %w", h.TaskID, err)
+	}
+	return nil
 }
 
 // moveRunning updates a task that is running under node ("" = any) with

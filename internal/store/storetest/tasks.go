@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -353,5 +354,88 @@ func testRaceTaskLease(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 	if len(byTask) != n {
 		t.Errorf("%d of %d tasks leased", len(byTask), n)
+	}
+}
+
+// An ended analysis leaves its hook pending on the node named, in the same
+// transaction; only that node sees it; its run is recorded once; a later
+// analysis of the same task leaves a new one, and the earlier record of it
+// is then stale. Output is stored as valid text whatever the hook printed.
+func testHooks(t *testing.T, open func(t *testing.T) store.Store) {
+	ctx := context.Background()
+	s := migrated(t, open)
+	ms := insert(t, s, machine("m1", "p", store.Ready), machine("m2", "p", store.Ready))
+	ts := createTasks(t, s, task("a"), task("b"), task("c"))
+
+	leaseOne(t, s, ts[0], ms[0], "n1")
+	leaseOne(t, s, ts[1], ms[1], "n1")
+	ended, err := s.EndTask(ctx, store.TaskEnd{TaskID: ts[0].ID, Node: "n1", Status: store.TaskCompleted, HookNode: "n1"})
+	if err != nil || ended.Hook.Status != store.HookPending || ended.Hook.Node != "n1" {
+		t.Fatalf("end with a hook = %+v (%v)", ended.Hook, err)
+	}
+	// Without a hook configured, none is left pending.
+	if plain, err := s.EndTask(ctx, store.TaskEnd{TaskID: ts[1].ID, Node: "n1", Status: store.TaskCompleted}); err != nil ||
+		plain.Hook.Status != store.HookNone {
+		t.Fatalf("end without a hook = %+v (%v)", plain.Hook, err)
+	}
+	pendingOn := func(node string) []int64 {
+		t.Helper()
+		hs, err := s.PendingHooks(ctx, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []int64
+		for _, h := range hs {
+			ids = append(ids, h.ID)
+		}
+		return ids
+	}
+	if got := pendingOn("n1"); !slices.Equal(got, []int64{ts[0].ID}) {
+		t.Errorf("pending on n1 = %v, want [%d]", got, ts[0].ID)
+	}
+	if got := pendingOn("n2"); len(got) != 0 {
+		t.Errorf("pending on n2 = %v, want none", got)
+	}
+	// Only the node it is pending on records it.
+	if err := s.RecordHook(ctx, store.HookRun{TaskID: ts[0].ID, Node: "n2", Status: store.HookOK}); !errors.Is(err, store.ErrStale) {
+		t.Errorf("record by another node: %v, want ErrStale", err)
+	}
+	out := "processing \x00done\xff\n"
+	if err := s.RecordHook(ctx, store.HookRun{TaskID: ts[0].ID, Node: "n1", Status: store.HookFailed, Exit: 3, Output: out}); err != nil {
+		t.Fatal(err)
+	}
+	h := getTask(t, s, ts[0].ID).Hook
+	if h.Status != store.HookFailed || h.Exit != 3 || h.Output != "processing done\uFFFD\n" || h.EndedOn.IsZero() {
+		t.Errorf("recorded hook = %+v", h)
+	}
+	if got := getTask(t, s, ts[0].ID); got.Status != store.TaskCompleted {
+		t.Errorf("a failed hook changed the task to %s", got.Status)
+	}
+	if err := s.RecordHook(ctx, store.HookRun{TaskID: ts[0].ID, Node: "n1", Status: store.HookOK}); !errors.Is(err, store.ErrStale) {
+		t.Errorf("second record: %v, want ErrStale", err)
+	}
+	if err := s.RecordHook(ctx, store.HookRun{TaskID: ts[0].ID, Node: "n1", Status: store.HookPending}); err == nil {
+		t.Error("recording a hook as pending was accepted")
+	}
+	if got := pendingOn("n1"); len(got) != 0 {
+		t.Errorf("pending on n1 after the record = %v", got)
+	}
+
+	// A task that fails past its attempts through a requeue gets its hook
+	// too, on the node that failed it; one put back in the queue does not.
+	walkTo(t, s, "m1", store.Ready)
+	leaseOne(t, s, ts[2], get(t, s, "m1"), "n1")
+	back, err := s.RequeueTask(ctx, store.Requeue{TaskID: ts[2].ID, Lost: true, MaxAttempts: 2, Cause: "node died", HookNode: "n2"})
+	if err != nil || back.Status != store.TaskPending || back.Hook.Status != store.HookNone {
+		t.Fatalf("requeue = %s hook %+v (%v), want pending without a hook", back.Status, back.Hook, err)
+	}
+	walkTo(t, s, "m1", store.Ready)
+	leaseOne(t, s, back, get(t, s, "m1"), "n1")
+	failed, err := s.RequeueTask(ctx, store.Requeue{TaskID: ts[2].ID, Lost: true, MaxAttempts: 2, Cause: "node died", HookNode: "n2"})
+	if err != nil || failed.Status != store.TaskFailedAnalysis || failed.Hook.Status != store.HookPending || failed.Hook.Node != "n2" {
+		t.Fatalf("failed past attempts = %s hook %+v (%v)", failed.Status, failed.Hook, err)
+	}
+	if got := pendingOn("n2"); !slices.Equal(got, []int64{ts[2].ID}) {
+		t.Errorf("pending on n2 = %v, want [%d]", got, ts[2].ID)
 	}
 }

@@ -97,9 +97,17 @@ func (g *globals) target() (string, error) {
 	return "http://" + net.JoinHostPort(host, port), nil
 }
 
+// logger is the log of commands without a configuration: --log-format.
 func (g *globals) logger() *slog.Logger {
-	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
-	if g.logFormat == "json" {
+	return newLogger(config.Log{Format: g.logFormat, Level: "info"})
+}
+
+// newLogger writes structured records to stderr; a bad format or level is
+// reported by config validation, and falls back to text at info here.
+func newLogger(c config.Log) *slog.Logger {
+	level, _ := config.ParseLevel(c.Level)
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))

@@ -34,7 +34,10 @@ func serveCmd(g *globals) *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			log := g.logger()
+			if cmd.Flags().Changed("log-format") {
+				cfg.Log.Format = g.logFormat
+			}
+			log := newLogger(cfg.Log)
 			d, err := daemon.New(ctx, cfg, log)
 			if err != nil {
 				return err

@@ -239,6 +239,12 @@ func progress(t api.Task) string {
 	if t.Error != nil {
 		line += ": " + *t.Error
 	}
+	if h := t.Hook; h != nil {
+		line += "; hook " + h.Status
+		if h.Status == "failed" {
+			line += fmt.Sprintf(" (exit %d)", h.ExitCode)
+		}
+	}
 	return line + attempt
 }
 

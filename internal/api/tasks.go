@@ -68,6 +68,17 @@ type Task struct {
 	// sandfleet's own.
 	Attempt int     `json:"attempt"`
 	Error   *string `json:"error"`
+	// Hook is the ended analysis's hooks.on_complete run; null without one.
+	Hook *Hook `json:"hook"`
+}
+
+// Hook is how a task's hooks.on_complete run stands: pending, ok, failed or
+// timeout, with its exit code and the end of its output once it ended.
+type Hook struct {
+	Status   string  `json:"status"`
+	ExitCode int     `json:"exit_code"`
+	Output   string  `json:"output"`
+	EndedOn  *string `json:"ended_on"`
 }
 
 // Guest is CAPE's record of the guest an analysis ran in (its guests
@@ -198,6 +209,9 @@ func TaskJSON(t store.Task, d taskDetails) Task {
 	}
 	if t.Error != "" {
 		out.Errors = []string{t.Error}
+	}
+	if h := t.Hook; h.Status != store.HookNone {
+		out.Hook = &Hook{Status: string(h.Status), ExitCode: h.Exit, Output: h.Output, EndedOn: capeTime(h.EndedOn)}
 	}
 	if t.SampleID != 0 {
 		id := t.SampleID

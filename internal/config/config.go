@@ -8,11 +8,13 @@ package config
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -32,7 +34,29 @@ type Config struct {
 	Fleet        Fleet        `yaml:"fleet"`
 	Azure        Azure        `yaml:"azure"`
 	Pools        []Pool       `yaml:"pools"`
+	Hooks        Hooks        `yaml:"hooks"`
 	Guest        Guest        `yaml:"guest"`
+	Log          Log          `yaml:"log"`
+}
+
+// Hooks hand finished analyses on, e.g. to CAPE's processing.
+type Hooks struct {
+	// OnComplete is an argv run after each analysis ends, with {task_id},
+	// {analysis_dir} and {status} replaced in every argument; empty = none.
+	// It runs on the node that ended the analysis, is not run by a shell,
+	// and runs again after a crash that interrupted it: make it idempotent.
+	OnComplete []string `yaml:"on_complete"`
+	// Timeout bounds one run; the hook is killed then.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// HookFields are the placeholders an on_complete argument may hold.
+var HookFields = []string{"task_id", "analysis_dir", "status"}
+
+// Log configures the daemon's structured log (log/slog) on stderr.
+type Log struct {
+	Format string `yaml:"format"` // text | json
+	Level  string `yaml:"level"`  // debug | info | warn | error
 }
 
 // Auth configures API tokens.
@@ -262,7 +286,9 @@ func Default() *Config {
 			AdoptExisting:            true,
 			Emulator:                 EmulatorSettings{AnalysisDuration: "2s"},
 		},
+		Hooks: Hooks{Timeout: 300 * time.Second},
 		Guest: Guest{AgentPort: 8000, UploadMaxSize: 100 << 20},
+		Log:   Log{Format: "text", Level: "info"},
 	}
 }
 
@@ -349,6 +375,13 @@ func (c *Config) Validate() error {
 	}
 	if c.Scheduler.MaxMachines < 0 {
 		bad("scheduler.max_machines", "must be >= 0")
+	}
+	c.validateHooks(bad)
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		bad("log.format", "%q: want text or json", c.Log.Format)
+	}
+	if _, err := ParseLevel(c.Log.Level); err != nil {
+		bad("log.level", "%v", err)
 	}
 	if c.Scheduler.MaxAttempts < 1 {
 		bad("scheduler.max_attempts", "%d: must be at least 1", c.Scheduler.MaxAttempts)
@@ -527,4 +560,40 @@ func (c *Config) DatabaseURL() string {
 		return c.Database
 	}
 	return "sqlite://" + filepath.Join(c.DataDir, "sandfleet.db")
+}
+
+// hookField finds {name} placeholders.
+var hookField = regexp.MustCompile(`\{([^{}]*)\}`)
+
+func (c *Config) validateHooks(bad func(key, format string, args ...any)) {
+	if c.Hooks.Timeout <= 0 {
+		bad("hooks.timeout", "must be positive (an unbounded wait is not allowed)")
+	}
+	argv := c.Hooks.OnComplete
+	if len(argv) > 0 && strings.TrimSpace(argv[0]) == "" {
+		bad("hooks.on_complete[0]", "the program to run is empty")
+	}
+	for i, arg := range argv {
+		for _, m := range hookField.FindAllStringSubmatch(arg, -1) {
+			if !slices.Contains(HookFields, m[1]) {
+				bad(fmt.Sprintf("hooks.on_complete[%d]", i), "%q: unknown placeholder {%s}; want one of {%s}",
+					arg, m[1], strings.Join(HookFields, "}, {"))
+			}
+		}
+	}
+}
+
+// ParseLevel reads a log level: debug, info, warn or error.
+func ParseLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info", "":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("%q: want debug, info, warn or error", s)
 }

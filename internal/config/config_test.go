@@ -83,6 +83,12 @@ func TestValidationNamesTheKey(t *testing.T) {
 		{"resultserver: {listen: 127.0.0.1:99999}\n", "resultserver.listen"},
 		{"resultserver: {listen: 0.0.0.0:2042, advertise_ip: ten}\n", `resultserver.advertise_ip: "ten" is not an IP address`},
 		{"azure: {subscription_id: abc}\n", "pools: at least one pool is required"},
+		{"hooks: {on_complete: [python3, process.py, -r, '{task}']}\n",
+			`hooks.on_complete[3]: "{task}": unknown placeholder {task}; want one of {task_id}, {analysis_dir}, {status}`},
+		{"hooks: {on_complete: ['', x]}\n", "hooks.on_complete[0]: the program to run is empty"},
+		{"hooks: {on_complete: [true], timeout: 0s}\n", "hooks.timeout: must be positive"},
+		{"log: {format: xml}\n", `log.format: "xml": want text or json`},
+		{"log: {level: loud}\n", `log.level: "loud": want debug, info, warn or error`},
 	}
 	for _, tt := range tests {
 		cfg, err := load(t, tt.yaml)

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -24,6 +25,7 @@ import (
 	"github.com/sandfleet/sandfleet/internal/config"
 	"github.com/sandfleet/sandfleet/internal/fleet"
 	"github.com/sandfleet/sandfleet/internal/guest"
+	"github.com/sandfleet/sandfleet/internal/hooks"
 	"github.com/sandfleet/sandfleet/internal/metrics"
 	"github.com/sandfleet/sandfleet/internal/provider"
 	"github.com/sandfleet/sandfleet/internal/provider/azure"
@@ -97,6 +99,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	d.holder = holder
 	if d.samples, err = sample.Open(filepath.Join(cfg.DataDir, "samples")); err != nil {
 		return nil, err
+	}
+	if argv := cfg.Hooks.OnComplete; len(argv) > 0 {
+		if _, err := exec.LookPath(argv[0]); err != nil {
+			return nil, fmt.Errorf("hooks.on_complete[0]: %w", err)
+		}
 	}
 	if d.analyzer, err = guest.LoadAnalyzer(cfg.Guest.Analyzer); err != nil {
 		return nil, fmt.Errorf("guest.analyzer: %w", err)
@@ -221,12 +228,22 @@ func (d *Daemon) runNode(ctx context.Context) error {
 	}
 	f = fleet.NewFleet(recs...)
 	cfg := d.cfg
+	var hook *hooks.Runner
+	if len(cfg.Hooks.OnComplete) > 0 {
+		hook = hooks.New(hooks.Options{Store: d.store, Node: d.holder, Argv: cfg.Hooks.OnComplete,
+			Timeout: cfg.Hooks.Timeout, DataDir: cfg.DataDir, Metrics: d.metrics, Logger: d.log.With("component", "hooks")})
+	}
 	sch = sched.New(sched.Options{
 		Store: d.store, Node: d.holder, Pools: cfg.Pools, Scheduler: cfg.Scheduler, Timeouts: cfg.Timeouts,
 		LeaseTTL: cfg.Fleet.LeaseTTL, DataDir: cfg.DataDir, Samples: d.samples,
 		Guest:   guest.NewClient(cfg.Guest.AgentPort, cfg.Timeouts.Critical),
 		Results: d.results, Analyzer: d.analyzer, UploadMaxSize: int64(cfg.Guest.UploadMaxSize),
 		Verify: f.Verify, Released: f.Trigger, Metrics: d.metrics, Logger: d.log.With("component", "scheduler"),
+		Hooks: hook != nil, Ended: func() {
+			if hook != nil {
+				hook.Wake()
+			}
+		},
 	})
 	d.sched.Store(sch)
 	d.api.Attach(d.store, f, sch)
@@ -240,6 +257,15 @@ func (d *Daemon) runNode(ctx context.Context) error {
 	sctx, stopSched := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSched()
 	go func() { schedDone <- sch.Run(sctx) }()
+	// Hooks run until the scheduler has drained: the analyses it ends
+	// meanwhile hand off too; one still running then stays pending.
+	hookDone := make(chan struct{})
+	go func() {
+		defer close(hookDone)
+		if hook != nil {
+			hook.Run(sctx)
+		}
+	}()
 
 	var err error
 	select {
@@ -252,6 +278,7 @@ func (d *Daemon) runNode(ctx context.Context) error {
 	cancel()
 	stopSched()
 	<-schedDone
+	<-hookDone
 	stopFleet()
 	return <-fleetDone
 }

@@ -223,6 +223,8 @@ type daemonConfig struct {
 	LeaseTTL string
 	// Health is fleet.health_interval; default 30s.
 	Health string
+	// Extra is YAML appended to the file: top-level sections of its own.
+	Extra string
 }
 
 func writeConfig(t *testing.T, c daemonConfig) (path, listen string) {
@@ -270,7 +272,7 @@ pools:
     image: win10-gallery-image
     initial_size: %d
     max_size: 20
-`, listen, c.DataDir, db, freePort(t), interval, lease, health, c.Emulator.url, filepath.Join(c.Emulator.state, "ca.pem"), c.Size)
+`, listen, c.DataDir, db, freePort(t), interval, lease, health, c.Emulator.url, filepath.Join(c.Emulator.state, "ca.pem"), c.Size) + c.Extra
 	path = filepath.Join(c.DataDir, "sandfleet.yaml")
 	if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
 		t.Fatal(err)

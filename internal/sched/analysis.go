@@ -260,7 +260,8 @@ func detached() (context.Context, context.CancelFunc) {
 func (s *Scheduler) end(log *slog.Logger, t store.Task, status store.TaskStatus, why string) {
 	ctx, cancel := detached()
 	defer cancel()
-	ended, err := s.o.Store.EndTask(ctx, store.TaskEnd{TaskID: t.ID, Node: s.o.Node, Status: status, Error: why})
+	ended, err := s.o.Store.EndTask(ctx, store.TaskEnd{TaskID: t.ID, Node: s.o.Node, Status: status, Error: why,
+		HookNode: s.hookNode()})
 	if err == nil {
 		s.o.Metrics.AnalysisEnded(string(status), ended.CompletedOn.Sub(ended.StartedOn))
 	}
@@ -273,6 +274,7 @@ func (s *Scheduler) end(log *slog.Logger, t store.Task, status store.TaskStatus,
 		log.Warn("analysis failed", "error", why)
 	}
 	s.o.Released()
+	s.o.Ended()
 }
 
 // requeue puts a running task back in the queue (or fails it past its
@@ -280,6 +282,7 @@ func (s *Scheduler) end(log *slog.Logger, t store.Task, status store.TaskStatus,
 func (s *Scheduler) requeue(log *slog.Logger, r store.Requeue) {
 	ctx, cancel := detached()
 	defer cancel()
+	r.HookNode = s.hookNode()
 	t, err := s.o.Store.RequeueTask(ctx, r)
 	switch {
 	case err != nil:
@@ -288,6 +291,7 @@ func (s *Scheduler) requeue(log *slog.Logger, r store.Requeue) {
 		log.Warn("task back in the queue", "cause", r.Cause, "next_attempt", t.Attempt)
 	default:
 		log.Warn("task failed", "error", t.Error)
+		s.o.Ended()
 	}
 	s.o.Released()
 	s.Trigger()

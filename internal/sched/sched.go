@@ -71,6 +71,10 @@ type Options struct {
 	// Released is called when machines were released dirty or changed, to
 	// wake the reconciler.
 	Released func()
+	// Hooks: hooks.on_complete is configured, so every analysis that ends
+	// leaves its hook pending on this node, and Ended is called.
+	Hooks bool
+	Ended func()
 	// Metrics records leases and analyses' ends (nil: none).
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
@@ -109,6 +113,9 @@ func New(o Options) *Scheduler {
 	}
 	if o.Released == nil {
 		o.Released = func() {}
+	}
+	if o.Ended == nil {
+		o.Ended = func() {}
 	}
 	s := &Scheduler{
 		o: o, log: o.Logger, match: Matcher{PackageTags: o.Scheduler.PackageTags},
@@ -229,7 +236,7 @@ func (s *Scheduler) recoverOwn(ctx context.Context) error {
 	}
 	for _, t := range ts {
 		r := store.Requeue{TaskID: t.ID, Node: s.o.Node, Lost: true, MaxAttempts: s.o.Scheduler.MaxAttempts,
-			Cause: "the node restarted during the analysis"}
+			Cause: "the node restarted during the analysis", HookNode: s.hookNode()}
 		if !s.o.Scheduler.RescheduleRunningOnRestart {
 			r.MaxAttempts = t.Attempt // fails it: scheduler.reschedule_running_on_restart is off
 		}
@@ -240,8 +247,18 @@ func (s *Scheduler) recoverOwn(ctx context.Context) error {
 	}
 	if len(ts) > 0 {
 		s.o.Released()
+		s.o.Ended()
 	}
 	return nil
+}
+
+// hookNode is the node an ended analysis's hook is left pending on: this
+// one, when hooks.on_complete is configured.
+func (s *Scheduler) hookNode() string {
+	if s.o.Hooks {
+		return s.o.Node
+	}
+	return ""
 }
 
 // heartbeat renews this node's analysis leases every third of their TTL. An
@@ -306,7 +323,7 @@ func (s *Scheduler) rescue(ctx context.Context) {
 		for _, t := range expired {
 			cause := fmt.Sprintf("the analysis lease of node %s expired: the analysis was lost", t.Node)
 			_, err := s.o.Store.RequeueTask(rctx, store.Requeue{TaskID: t.ID, Lost: true,
-				MaxAttempts: s.o.Scheduler.MaxAttempts, Cause: cause})
+				MaxAttempts: s.o.Scheduler.MaxAttempts, Cause: cause, HookNode: s.hookNode()})
 			switch {
 			case errors.Is(err, store.ErrStale):
 			case err != nil:
@@ -322,6 +339,7 @@ func (s *Scheduler) rescue(ctx context.Context) {
 		}
 		if rescued > 0 {
 			s.o.Released()
+			s.o.Ended()
 			s.Trigger()
 		}
 	}

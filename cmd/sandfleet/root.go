@@ -48,7 +48,7 @@ func rootCmd() *cobra.Command {
 	pf.StringVar(&g.token, "token", os.Getenv("SANDFLEET_TOKEN"), "API token for client commands (or SANDFLEET_TOKEN)")
 	api.Version = version
 	root.AddCommand(serveCmd(g), emulatorCmd(g), migrateCmd(g), versionCmd(),
-		machinesCmd(g), poolsCmd(g), checkCmd(g), submitCmd(g), tasksCmd(g))
+		machinesCmd(g), poolsCmd(g), checkCmd(g), submitCmd(g), tasksCmd(g), tokenCmd(g))
 	return root
 }
 

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/sandfleet/sandfleet/internal/api"
+	"github.com/sandfleet/sandfleet/internal/auth"
 	"github.com/sandfleet/sandfleet/internal/azemu"
 	"github.com/sandfleet/sandfleet/internal/config"
 	"github.com/sandfleet/sandfleet/internal/fleet"
@@ -148,11 +149,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 		})
 	}
 
-	var tokens map[string]bool
+	var tokens *auth.Checker
 	if cfg.Auth.TokensFile != "" {
-		if tokens, err = api.LoadTokens(cfg.Auth.TokensFile); err != nil {
+		if tokens, err = auth.Open(cfg.Auth.TokensFile, log.With("component", "auth")); err != nil {
 			return nil, err
 		}
+		log.Info("API tokens read", "file", cfg.Auth.TokensFile, "tokens", tokens.Len())
 	}
 	d.api = api.New(api.Options{Tokens: tokens, Logger: log, Database: d.database, Samples: d.samples,
 		MaxSampleSize: int64(cfg.Scheduler.MaxSampleSize), DataDir: cfg.DataDir})

@@ -40,8 +40,8 @@ func (g *globals) do(ctx context.Context, method, path, contentType string, body
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	if g.token != "" {
-		req.Header.Set("Authorization", "Token "+g.token)
+	if tok := g.apiToken(); tok != "" {
+		req.Header.Set("Authorization", "Token "+tok)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

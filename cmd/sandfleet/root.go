@@ -45,10 +45,11 @@ func rootCmd() *cobra.Command {
 	pf.StringVar(&g.dataDir, "data-dir", "", "data directory (overrides data_dir)")
 	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	pf.StringVar(&g.server, "server", "http://127.0.0.1:8090", "daemon address for client commands (default: the configuration's listen address)")
-	pf.StringVar(&g.token, "token", os.Getenv("SANDFLEET_TOKEN"), "API token for client commands (or SANDFLEET_TOKEN)")
+	// The default is read when used, not shown: --help must not print a token.
+	pf.StringVar(&g.token, "token", "", "API token for client commands (default $SANDFLEET_TOKEN)")
 	api.Version = version
 	root.AddCommand(serveCmd(g), emulatorCmd(g), migrateCmd(g), versionCmd(),
-		machinesCmd(g), poolsCmd(g), checkCmd(g), submitCmd(g), tasksCmd(g), importCapeCmd())
+		machinesCmd(g), poolsCmd(g), checkCmd(g), submitCmd(g), tasksCmd(g), importCapeCmd(), tokenCmd(g))
 	return root
 }
 
@@ -95,6 +96,14 @@ func (g *globals) target() (string, error) {
 		host = "127.0.0.1"
 	}
 	return "http://" + net.JoinHostPort(host, port), nil
+}
+
+// apiToken is --token, else $SANDFLEET_TOKEN.
+func (g *globals) apiToken() string {
+	if g.token != "" {
+		return g.token
+	}
+	return os.Getenv("SANDFLEET_TOKEN")
 }
 
 // logger is the log of commands without a configuration: --log-format.

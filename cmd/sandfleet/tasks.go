@@ -273,8 +273,8 @@ func tasksCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if g.token != "" {
-				req.Header.Set("Authorization", "Token "+g.token)
+			if tok := g.apiToken(); tok != "" {
+				req.Header.Set("Authorization", "Token "+tok)
 			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {

@@ -4,14 +4,12 @@
 package api
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sandfleet/sandfleet/internal/auth"
 	"github.com/sandfleet/sandfleet/internal/fleet"
 	"github.com/sandfleet/sandfleet/internal/metrics"
 	"github.com/sandfleet/sandfleet/internal/sample"
@@ -30,7 +29,7 @@ var Version = "dev"
 
 // Server is the HTTP API.
 type Server struct {
-	tokens    map[string]bool // nil: no auth (loopback only, enforced by config)
+	tokens    *auth.Checker // nil: no auth (loopback only, enforced by config)
 	log       *slog.Logger
 	mux       *http.ServeMux
 	routes    map[string]methods
@@ -70,7 +69,7 @@ type Options struct {
 	// handlers answer 503 until Attach.
 	Store  store.Store
 	Fleet  *fleet.Fleet
-	Tokens map[string]bool
+	Tokens *auth.Checker // auth.tokens_file; nil: no authentication (loopback only)
 	Logger *slog.Logger
 	// Database names the database in 503 answers while it is unavailable;
 	// it must not hold a password.
@@ -210,8 +209,7 @@ func (s *Server) route(method, path string, h http.HandlerFunc) {
 // also answer without the trailing slash, as CAPE's router does.
 func (s *Server) handle(method, path string, h func(http.ResponseWriter, *http.Request, *backend)) {
 	auth := func(w http.ResponseWriter, r *http.Request) {
-		if !s.authorized(r) {
-			fail(w, http.StatusUnauthorized, "authentication required: send Authorization: Token <key>")
+		if !s.authorized(w, r) {
 			return
 		}
 		b := s.backend.Load()
@@ -237,40 +235,6 @@ func (s *Server) unavailableMessage() string {
 		return "database unavailable: " + s.unavailable()
 	}
 	return fmt.Sprintf("database unavailable (%s): %s", s.database, s.unavailable())
-}
-
-func (s *Server) authorized(r *http.Request) bool {
-	if s.tokens == nil {
-		return true
-	}
-	h := r.Header.Get("Authorization")
-	key, ok := strings.CutPrefix(h, "Token ")
-	return ok && s.tokens[strings.TrimSpace(key)]
-}
-
-// LoadTokens reads one token a line; blank lines and # comments are skipped.
-func LoadTokens(path string) (map[string]bool, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("auth.tokens_file: %w", err)
-	}
-	defer f.Close()
-	tokens := map[string]bool{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		tokens[line] = true
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("auth.tokens_file: %w", err)
-	}
-	if len(tokens) == 0 {
-		return nil, fmt.Errorf("auth.tokens_file %s: no tokens", path)
-	}
-	return tokens, nil
 }
 
 func (s *Server) internal(w http.ResponseWriter, r *http.Request, err error) {

@@ -342,6 +342,10 @@ func (c *Config) fillPoolDefaults() {
 	}
 }
 
+// schemeRE is what a URL scheme looks like (RFC 3986), and so can be shown
+// where the rest of the URL, which may hold a password, cannot.
+var schemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]{0,31}$`)
+
 var poolNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`)
 
 // Validate checks cfg and returns every problem found, each naming its key.
@@ -353,11 +357,17 @@ func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		bad("listen", "%q is not host:port", c.Listen)
 	} else if !IsLoopback(c.Listen) && c.Auth.TokensFile == "" {
-		bad("auth.tokens_file", "required when listen (%s) is not a loopback address", c.Listen)
+		bad("auth.tokens_file", "required when listen (%s) is not a loopback address: anyone who reaches the port could submit samples "+
+			"and take machines out of service (make one with sandfleet token create NAME --tokens-file FILE)", c.Listen)
 	}
 	if c.Database != "" && !strings.HasPrefix(c.Database, "sqlite://") &&
 		!strings.HasPrefix(c.Database, "postgres://") && !strings.HasPrefix(c.Database, "postgresql://") {
-		bad("database", "%q: want sqlite:///path or postgres://…", c.Database)
+		// Not the URL itself: it may hold a password.
+		if scheme, _, ok := strings.Cut(c.Database, "://"); ok && schemeRE.MatchString(scheme) {
+			bad("database", "scheme %q is not supported: want sqlite:///path or postgres://…", scheme)
+		} else {
+			bad("database", "not a URL: want sqlite:///path or postgres://…")
+		}
 	}
 	for key, d := range map[string]time.Duration{
 		"timeouts.default": c.Timeouts.Default, "timeouts.critical": c.Timeouts.Critical,

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,8 +70,9 @@ func TestValidationNamesTheKey(t *testing.T) {
 		{"pools:\n  - {name: a, provider: azure, platform: windows, image: i, max_size: 2}\n  - {name: a, provider: azure, platform: windows, image: i, max_size: 2}\n", `pools[1].name: "a" already used by pools[0]`},
 		{"azure: {total_machines_limit: 5}\npools:\n  - {name: a, provider: azure, platform: windows, image: i, initial_size: 3}\n  - {name: b, provider: azure, platform: windows, image: i, initial_size: 3}\n",
 			"azure.total_machines_limit: 5 is below the sum of the Azure pools' initial_size (6)"},
-		{"listen: 0.0.0.0:8090\n", "auth.tokens_file: required when listen"},
-		{"database: mysql://x\n", `database: "mysql://x"`},
+		{"listen: 0.0.0.0:8090\n", "auth.tokens_file: required when listen (0.0.0.0:8090) is not a loopback address: anyone who reaches the port could submit samples"},
+		{"listen: :8090\n", "auth.tokens_file: required when listen (:8090) is not a loopback address"},
+		{"database: mysql://x\n", `database: scheme "mysql" is not supported: want sqlite:///path or postgres://`},
 		{"timeouts: {cloud_operation: 0s}\n", "timeouts.cloud_operation: must be positive"},
 		{"azure: {credential: secret}\n", "azure.client_secret_file: required"},
 		{"azure: {credential: magic}\n", `azure.credential: "magic"`},
@@ -98,6 +100,27 @@ func TestValidationNamesTheKey(t *testing.T) {
 		err = cfg.Validate()
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%q: Validate() = %v, want it to contain %q", tt.yaml, err, tt.want)
+		}
+	}
+}
+
+// A database URL that Validate refuses is not shown: it may hold a password.
+func TestValidationHidesTheDatabasePassword(t *testing.T) {
+	for _, db := range []string{
+		"mysql://root:hunter2@db/x",
+		"root:hunter2@db://x",
+		"host=db user=root password=hunter2",
+		"postgress://root:hunter2@db/x",
+	} {
+		cfg, err := load(t, fmt.Sprintf("database: %q\n", db))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), "database: ") {
+			t.Errorf("database %s: Validate() = %v, want an error naming database", db, err)
+		} else if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("database %s: Validate() shows the password: %v", db, err)
 		}
 	}
 }

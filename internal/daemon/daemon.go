@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/sandfleet/sandfleet/internal/api"
+	"github.com/sandfleet/sandfleet/internal/auth"
 	"github.com/sandfleet/sandfleet/internal/azemu"
 	"github.com/sandfleet/sandfleet/internal/config"
 	"github.com/sandfleet/sandfleet/internal/fleet"
@@ -157,11 +158,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 		})
 	}
 
-	var tokens map[string]bool
+	var tokens *auth.Checker
 	if cfg.Auth.TokensFile != "" {
-		if tokens, err = api.LoadTokens(cfg.Auth.TokensFile); err != nil {
+		if tokens, err = auth.Open(cfg.Auth.TokensFile, log.With("component", "auth")); err != nil {
 			return nil, err
 		}
+		log.Info("API tokens read", "file", cfg.Auth.TokensFile, "tokens", tokens.Len())
 	}
 	d.metrics = metrics.New()
 	d.api = api.New(api.Options{Tokens: tokens, Logger: log, Database: d.database, Samples: d.samples,

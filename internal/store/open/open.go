@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"regexp"
 	"strings"
 
 	"github.com/sandfleet/sandfleet/internal/store"
@@ -39,6 +40,9 @@ func Open(ctx context.Context, dbURL string) (store.Store, error) {
 	return s, nil
 }
 
+// schemeRE is what a URL scheme looks like (RFC 3986).
+var schemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]{0,31}$`)
+
 // split returns the URL's scheme ("sqlite" or "postgres") and what follows
 // "://", or an error naming what is wrong.
 func split(dbURL string) (scheme, rest string, err error) {
@@ -51,6 +55,9 @@ func split(dbURL string) (scheme, rest string, err error) {
 		return scheme, rest, nil
 	case scheme == "postgres" || scheme == "postgresql":
 		return "postgres", rest, nil
+	case !schemeRE.MatchString(scheme):
+		// Not a scheme: "user:password@host://…"; not echoed either.
+		return "", "", fmt.Errorf("database URL has no scheme: want sqlite://PATH or postgres://…")
 	default:
 		return "", "", fmt.Errorf("database URL scheme %q is not supported: want sqlite or postgres", scheme)
 	}
@@ -81,14 +88,16 @@ func Redact(dbURL string) string {
 	if !ok || (scheme != "postgres" && scheme != "postgresql") {
 		return dbURL
 	}
-	rest, query, hasQuery := strings.Cut(rest, "?")
-	// The user info ends at the last '@': a password may hold '@' or '/'
-	// that were not escaped, and all of it is before that '@'.
+	// The user info ends at the last '@' of the URL: a password may hold
+	// '@', '/', '?' or '#' that were not escaped, and all of it is before
+	// that '@'. (When a query value holds an '@', more than the password
+	// is masked: safe, if less readable.)
 	if at := strings.LastIndex(rest, "@"); at >= 0 {
 		if user, _, hasPassword := strings.Cut(rest[:at], ":"); hasPassword {
 			rest = user + ":xxxxx" + rest[at:]
 		}
 	}
+	rest, query, hasQuery := strings.Cut(rest, "?")
 	if !hasQuery {
 		return scheme + "://" + rest
 	}

@@ -76,6 +76,9 @@ func TestRedact(t *testing.T) {
 		"postgres://u:s3cret@h1:5432,h2:5432/sf?target_session_attrs=rw": "postgres://u:xxxxx@h1:5432,h2:5432/sf?target_session_attrs=rw",
 		"postgres://u@db/sf?password=s3cret%zz":                          "postgres://u@db/sf?xxxxx",
 		"postgres://db/sf":                                               "postgres://db/sf",
+		"postgres://u:s3c?ret@db/sf":                                     "postgres://u:xxxxx@db/sf",
+		"postgres://u:s3c?r@et@db/sf?sslmode=disable":                    "postgres://u:xxxxx@db/sf?sslmode=disable",
+		"postgres://u:s3c#ret@db/sf":                                     "postgres://u:xxxxx@db/sf",
 		"sqlite:///var/lib/sandfleet/sandfleet.db":                       "sqlite:///var/lib/sandfleet/sandfleet.db",
 	} {
 		if got := open.Redact(url); got != want {
@@ -93,6 +96,9 @@ func TestCheck(t *testing.T) {
 		"postgres://root:s3cret@127.0.0.1:99999999/db": "invalid port",
 		"postgres://root@127.0.0.1/db?sslmode=maybe":   "sslmode",
 		"mysql://root@host/db":                         `"mysql"`,
+		"root:s3cret@host://db":                        "has no scheme",
+		"postgres://u:x@s3cret@h/db?connect_timeout=x": "connect_timeout",
+		"postgres://u:x/s3cret@h/db?sslmode=x":         "does not parse",
 	} {
 		err := open.Check(url)
 		switch {

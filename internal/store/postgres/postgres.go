@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -37,7 +38,7 @@ var dialect = sqlstore.Dialect{
 func Open(ctx context.Context, url string) (store.Store, error) {
 	db, err := sql.Open("pgx", url)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: %w", err)
+		return nil, parseError(err)
 	}
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(4)
@@ -52,7 +53,24 @@ func Open(ctx context.Context, url string) (store.Store, error) {
 // CheckURL parses url as Open would, without connecting.
 func CheckURL(url string) error {
 	if _, err := pgx.ParseConfig(url); err != nil {
-		return fmt.Errorf("postgres: %w", err)
+		return parseError(err)
 	}
 	return nil
+}
+
+// parseError is err, from parsing a database URL, without the URL: pgx
+// quotes it with the password masked only as far as it can tell where the
+// password ends, and an unescaped '@' or '/' in one defeats that.
+func parseError(err error) error {
+	var pe *pgconn.ParseConfigError
+	if !errors.As(err, &pe) {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	// "cannot parse `URL`: why": keep why. The last "`: " is at or after
+	// the URL's end, so nothing of the URL is left.
+	msg := pe.Error()
+	if i := strings.LastIndex(msg, "`: "); i >= 0 {
+		return fmt.Errorf("postgres: the database URL does not parse: %s", msg[i+len("`: "):])
+	}
+	return errors.New("postgres: the database URL does not parse")
 }

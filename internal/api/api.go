@@ -123,6 +123,7 @@ func New(o Options) *Server {
 	s.handle(http.MethodGet, "/apiv2/tasks/reschedule/{id}/", s.tasksReschedule)
 	s.handle(http.MethodGet, "/apiv2/tasks/delete/{id}/", s.tasksDelete)
 	s.handle(http.MethodGet, "/apiv2/cuckoo/status/", s.cuckooStatus)
+	s.registerDashboard()
 	s.mux.HandleFunc("/apiv2/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

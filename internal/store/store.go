@@ -249,6 +249,10 @@ type Store interface {
 	ListTasks(ctx context.Context, f TaskFilter) ([]Task, error)
 	// CountTasks counts tasks by status.
 	CountTasks(ctx context.Context) (map[TaskStatus]int, error)
+	// CountEndedByHour counts the tasks that ended (completed_on set) at or
+	// after since, by status and UTC hour: one row a status an hour, so the
+	// answer stays small however many tasks ended.
+	CountEndedByHour(ctx context.Context, since time.Time) ([]HourCount, error)
 	// TaskEvents lists a task's events, oldest first.
 	TaskEvents(ctx context.Context, id int64) ([]TaskEvent, error)
 	// PendingTasks lists up to limit pending tasks in dispatch order:

@@ -132,6 +132,13 @@ type TaskFilter struct {
 	Offset int
 }
 
+// HourCount is how many tasks ended in one status within one UTC hour.
+type HourCount struct {
+	Hour   time.Time // the hour's start, UTC
+	Status TaskStatus
+	Count  int
+}
+
 // TaskEvent records one status change of a task.
 type TaskEvent struct {
 	ID      int64

@@ -31,6 +31,9 @@ var dialect = sqlstore.Dialect{
 	},
 	Time:       func(t time.Time) any { return t },
 	ClockQuery: `SELECT now()`,
+	Hour: func(col string) string {
+		return "to_char(" + col + ` AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24')`
+	},
 }
 
 // Open connects to the PostgreSQL database at url (postgres://… or

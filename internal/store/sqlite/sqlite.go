@@ -36,6 +36,8 @@ var dialect = sqlstore.Dialect{
 			(e.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || e.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY)
 	},
 	Time: func(t time.Time) any { return t.Format(timeFormat) },
+	// timeFormat starts with the hour, in UTC.
+	Hour: func(col string) string { return "substr(" + col + ", 1, 13)" },
 }
 
 // Open opens the SQLite database at path, creating the file but not its

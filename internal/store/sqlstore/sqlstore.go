@@ -43,6 +43,10 @@ type Dialect struct {
 	Time func(time.Time) any
 	// TimeType is the SQL type of a time column, for casts.
 	TimeType string
+	// Hour is an SQL expression giving the UTC hour of the time column col
+	// as text, "2006-01-02T15": hourly counts are grouped in the database,
+	// so that they cost a row an hour, not a row a task.
+	Hour func(col string) string
 	// ClockQuery, when set, reads the database's clock. Leases are timed by
 	// it, so that nodes whose clocks disagree still agree on expiry; without
 	// it (SQLite: one machine, one clock) the process clock is used.

@@ -261,6 +261,31 @@ func (s *Store) CountTasks(ctx context.Context) (map[store.TaskStatus]int, error
 	return out, rows.Err()
 }
 
+// CountEndedByHour counts the tasks ended since since, by UTC hour and
+// status, oldest hour first.
+func (s *Store) CountEndedByHour(ctx context.Context, since time.Time) ([]store.HourCount, error) {
+	hour := s.d.Hour("completed_on")
+	rows, err := s.read().query(ctx, `SELECT `+hour+`, status, COUNT(*) FROM tasks
+		WHERE completed_on >= ? GROUP BY `+hour+`, status ORDER BY 1, 2`, s.timeArg(since))
+	if err != nil {
+		return nil, fmt.Errorf("count ended tasks: %w", err)
+	}
+	defer rows.Close()
+	var out []store.HourCount
+	for rows.Next() {
+		var h string
+		var c store.HourCount
+		if err := rows.Scan(&h, &c.Status, &c.Count); err != nil {
+			return nil, fmt.Errorf("count ended tasks: %w", err)
+		}
+		if c.Hour, err = time.Parse("2006-01-02T15", h); err != nil {
+			return nil, fmt.Errorf("count ended tasks: hour %q: %w", h, err)
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
 // TaskEvents lists a task's events, oldest first.
 func (s *Store) TaskEvents(ctx context.Context, id int64) ([]store.TaskEvent, error) {
 	rows, err := s.read().query(ctx, `SELECT id, task_id, from_status, to_status, machine, attempt, cause, at

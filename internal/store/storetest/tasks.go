@@ -439,3 +439,43 @@ func testHooks(t *testing.T, open func(t *testing.T) store.Store) {
 		t.Errorf("pending on n2 = %v, want [%d]", got, ts[2].ID)
 	}
 }
+
+// Tasks that ended are counted by the UTC hour of their end and their
+// status; tasks still pending or running, and those that ended before the
+// window, are not.
+func testCountEndedByHour(t *testing.T, open func(t *testing.T) store.Store) {
+	ctx := context.Background()
+	s := migrated(t, open)
+	ms := insert(t, s, machine("m1", "p", store.Ready))
+	ts := createTasks(t, s, task("done"), task("failed"), task("waiting"))
+	before := time.Now().UTC().Add(-time.Second)
+	leaseOne(t, s, ts[0], ms[0], "n")
+	done, err := s.EndTask(ctx, store.TaskEnd{TaskID: ts[0].ID, Node: "n", Status: store.TaskCompleted})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed, err := s.TransitionTask(ctx, store.TaskTransition{TaskID: ts[1].ID, From: store.TaskPending,
+		To: store.TaskFailedAnalysis, Error: "no machine"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.CountEndedByHour(ctx, before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[store.HourCount]bool{
+		{Hour: done.CompletedOn.UTC().Truncate(time.Hour), Status: store.TaskCompleted, Count: 1}:        true,
+		{Hour: failed.CompletedOn.UTC().Truncate(time.Hour), Status: store.TaskFailedAnalysis, Count: 1}: true,
+	}
+	if len(got) != len(want) {
+		t.Fatalf("CountEndedByHour = %+v, want %d rows", got, len(want))
+	}
+	for _, c := range got {
+		if !want[c] {
+			t.Errorf("CountEndedByHour row %+v not among %+v", c, want)
+		}
+	}
+	if got, err := s.CountEndedByHour(ctx, time.Now().Add(time.Hour)); err != nil || len(got) != 0 {
+		t.Errorf("CountEndedByHour(an hour ahead) = %+v (%v), want nothing", got, err)
+	}
+}

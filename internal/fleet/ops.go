@@ -261,7 +261,7 @@ func (r *Reconciler) wait(base context.Context, op store.Operation, pop provider
 			pause = p.RetryAfter
 			if pause == 0 {
 				pause = backoff/2 + rand.N(backoff/2+1)
-				backoff = min(2*backoff, 30*time.Second)
+				backoff = min(2*backoff, maxPollBackoff)
 			}
 		} else {
 			return err // the operation's own end
@@ -281,6 +281,11 @@ func (r *Reconciler) wait(base context.Context, op store.Operation, pop provider
 		}
 	}
 }
+
+// maxPollBackoff caps the pause between failed polls of an accepted
+// operation: a status read is cheap, and a cloud that recovers should see
+// the operation's end within seconds, not half a minute.
+const maxPollBackoff = 10 * time.Second
 
 func deadlineErr(op store.Operation, deadline time.Time, last error) error {
 	msg := fmt.Sprintf("%s: no outcome by its deadline %s", op.Kind, deadline.UTC().Format(time.RFC3339))

@@ -223,8 +223,15 @@ func TestCAPEDefaults(t *testing.T) {
 			if err := r.Validate(); err != nil {
 				t.Errorf("Result.Validate: %v", err)
 			}
-			if cfg.ResultServer.Listen != "192.168.1.1:2042" {
-				t.Errorf("resultserver.listen = %q", cfg.ResultServer.Listen)
+			// CAPE binds 192.168.1.1 and tells the machines so (physical.conf's
+			// machine is told 192.168.117.136); sandfleet binds every address
+			// and tells them the same.
+			told := "192.168.1.1"
+			if slices.Equal(machinery, []string{"physical"}) {
+				told = "192.168.117.136"
+			}
+			if rs := cfg.ResultServer; rs.Listen != "0.0.0.0:2042" || rs.AdvertiseIP != told {
+				t.Errorf("resultserver = %+v", rs)
 			}
 			if cfg.Timeouts.Default != 200*time.Second || cfg.Timeouts.Critical != 60*time.Second || cfg.Timeouts.VMState != 300*time.Second {
 				t.Errorf("timeouts = %+v", cfg.Timeouts)

@@ -240,7 +240,22 @@ func (m *mapper) resultServer(files map[string]*File) {
 	advertise := chosen != "" && chosen != listenIP
 
 	host := listenIP
+	if listenUsable {
+		// CAPE binds one address. sandfleet binds every address and tells
+		// the machines the one they were told: the same to them, and the
+		// configuration starts on a host that lacks the address too (the
+		// result server takes a connection only from a machine with an
+		// analysis under way).
+		host = "0.0.0.0"
+		if !advertise {
+			advertise, chosen = true, listenIP
+			m.use(cf, ipOpt, "resultserver.advertise_ip", "")
+		} else {
+			m.note(cf, ipOpt, fmt.Sprintf("not carried over: sandfleet listens on every address, and tells the machines %s, the address most of them are told", chosen))
+		}
+	}
 	switch {
+	case host == "0.0.0.0" && ipOpt != nil && m.done[ipOpt]:
 	case host != "":
 		m.use(cf, ipOpt, "resultserver.listen", "")
 	case advertise:

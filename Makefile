@@ -27,6 +27,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./internal/store/... ./internal/fleet/...
 
 # A short run of each fuzzer: the result server's stream, the task forms,
+# any request to the API,
 # the configuration, the emulator's faults. The stream fuzzer creates and
 # removes an analysis folder a run, so it is bound by file-system metadata:
 # on tmpfs it does about seven times the runs it does on a disk.
@@ -35,5 +36,6 @@ FUZZTIME ?= 10s
 fuzz-short:
 	TMPDIR=$(FUZZ_TMPDIR) $(GO) test -run '^$$' -fuzz FuzzStream -fuzztime $(FUZZTIME) ./internal/resultserver/
 	$(GO) test -run '^$$' -fuzz FuzzTaskForm -fuzztime $(FUZZTIME) ./internal/api/
+	$(GO) test -run '^$$' -fuzz FuzzRequest -fuzztime $(FUZZTIME) ./internal/api/
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) ./internal/config/
 	$(GO) test -run '^$$' -fuzz FuzzParseFaults -fuzztime $(FUZZTIME) ./internal/azemu/

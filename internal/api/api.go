@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/url"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -124,14 +126,45 @@ func New(o Options) *Server {
 	s.handle(http.MethodGet, "/apiv2/tasks/delete/{id}/", s.tasksDelete)
 	s.handle(http.MethodGet, "/apiv2/cuckoo/status/", s.cuckooStatus)
 	s.registerDashboard()
-	s.mux.HandleFunc("/apiv2/", func(w http.ResponseWriter, r *http.Request) {
-		fail(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
-	})
+	// Everything else is a 404 in the envelope — never the mux's plain text,
+	// nor its redirect of /apiv2 to /apiv2/.
+	for _, p := range []string{"/", "/apiv2", "/static"} {
+		s.mux.HandleFunc(p, noEndpoint)
+	}
 	return s
 }
 
-// ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func noEndpoint(w http.ResponseWriter, r *http.Request) {
+	fail(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", printable(r.Method), printable(r.URL.Path)))
+}
+
+// ServeHTTP implements http.Handler. A path with ".", ".." or empty
+// segments names no endpoint: it is a 404 saying so, not the mux's
+// redirect to the cleaned path.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if p := r.URL.Path; r.Method != http.MethodConnect && p != cleanPath(p) {
+		fail(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (a path has no '.', '..' or empty segments: %s)",
+			printable(r.Method), printable(p), printable(cleanPath(p))))
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// cleanPath is p as the mux cleans it: rooted, without "." or ".."
+// segments or repeated slashes, its trailing slash kept.
+func cleanPath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	if p[0] != '/' {
+		p = "/" + p
+	}
+	np := path.Clean(p)
+	if strings.HasSuffix(p, "/") && np != "/" {
+		np += "/"
+	}
+	return np
+}
 
 // Attach gives the handlers the opened store and the fleet and scheduler
 // built on it (nil: submissions wake nothing). The daemon opens its database
@@ -213,6 +246,11 @@ func (s *Server) handle(method, path string, h func(http.ResponseWriter, *http.R
 		if !s.authorized(w, r) {
 			return
 		}
+		if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
+			// r.URL.Query() would drop the pair silently.
+			fail(w, http.StatusBadRequest, fmt.Sprintf("query: malformed: %s", printable(err.Error())))
+			return
+		}
 		b := s.backend.Load()
 		if b == nil {
 			fail(w, http.StatusServiceUnavailable, s.unavailableMessage())
@@ -224,10 +262,13 @@ func (s *Server) handle(method, path string, h func(http.ResponseWriter, *http.R
 		defer cancel()
 		h(w, r.WithContext(ctx), b)
 	}
-	s.route(method, path, auth)
 	if trimmed := strings.TrimSuffix(path, "/"); trimmed != path {
+		// "{$}": a pattern ending in a slash would match any path below it.
+		s.route(method, path+"{$}", auth)
 		s.route(method, trimmed, auth)
+		return
 	}
+	s.route(method, path, auth)
 }
 
 // unavailableMessage is the 503 answer while there is no backend.

@@ -144,13 +144,31 @@ func capeBool(s string) (on, ok bool) {
 // upload is one file of a submission, kept already.
 type upload struct {
 	name   string // as the client named it: data only
-	sample store.Sample
+	staged *sample.Staged
+}
+
+// discard drops the uploads not kept: a refused request leaves the samples
+// directory as it found it.
+func discard(files []upload) {
+	for _, f := range files {
+		f.staged.Discard()
+	}
 }
 
 // readFileForm streams a multipart task form: each "file" part straight into
-// the samples directory (never whole in memory, cut at the size limit), the
-// text fields into values.
+// a staged file of the samples directory (never whole in memory, cut at the
+// size limit), the text fields into values. On error nothing stays staged;
+// otherwise the caller keeps or discards the uploads.
 func (s *Server) readFileForm(w http.ResponseWriter, r *http.Request) (url.Values, []upload, error) {
+	vals, files, err := s.readFileParts(w, r)
+	if err != nil {
+		discard(files)
+		return nil, nil, err
+	}
+	return vals, files, nil
+}
+
+func (s *Server) readFileParts(w http.ResponseWriter, r *http.Request) (url.Values, []upload, error) {
 	mediaType, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || mediaType != "multipart/form-data" || params["boundary"] == "" {
 		return nil, nil, fmt.Errorf("body: want multipart/form-data with a file field (Content-Type %q)", r.Header.Get("Content-Type"))
@@ -166,39 +184,39 @@ func (s *Server) readFileForm(w http.ResponseWriter, r *http.Request) (url.Value
 			break
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("body: malformed multipart form: %v", err)
+			return nil, files, fmt.Errorf("body: malformed multipart form: %v", err)
 		}
 		name := part.FormName()
 		if name == "file" {
 			if len(files) == maxFiles {
-				return nil, nil, fmt.Errorf("file: more than %d files in one request", maxFiles)
+				return nil, files, fmt.Errorf("file: more than %d files in one request", maxFiles)
 			}
-			smp, err := s.samples.Put(part, s.maxSample)
+			st, err := s.samples.Stage(part, s.maxSample)
 			var tl *sample.TooLargeError
 			switch {
 			case errors.As(err, &tl):
-				return nil, nil, &errTooLarge{fmt.Sprintf("file %q: larger than scheduler.max_sample_size (%d bytes)",
+				return nil, files, &errTooLarge{fmt.Sprintf("file %q: larger than scheduler.max_sample_size (%d bytes)",
 					printable(part.FileName()), tl.Limit)}
 			case err != nil:
-				return nil, nil, fmt.Errorf("file %q: %v", printable(part.FileName()), err)
+				return nil, files, fmt.Errorf("file %q: %v", printable(part.FileName()), err)
 			}
-			files = append(files, upload{name: rawFileName(part), sample: smp})
+			files = append(files, upload{name: rawFileName(part), staged: st})
 			continue
 		}
 		b, err := io.ReadAll(io.LimitReader(part, maxField+1))
 		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %v", name, err)
+			return nil, files, fmt.Errorf("%s: %v", name, err)
 		}
 		if textBytes += len(b); len(b) > maxField || textBytes > maxBody {
-			return nil, nil, &errTooLarge{fmt.Sprintf("%s: the form's text is larger than %d bytes", name, maxBody)}
+			return nil, files, &errTooLarge{fmt.Sprintf("%s: the form's text is larger than %d bytes", name, maxBody)}
 		}
 		if !utf8.Valid(b) {
-			return nil, nil, fmt.Errorf("%s: not UTF-8 text", name)
+			return nil, files, fmt.Errorf("%s: not UTF-8 text", name)
 		}
 		vals.Add(name, string(b))
 	}
 	if len(files) == 0 {
-		return nil, nil, errors.New("file: No file was submitted")
+		return nil, files, errors.New("file: No file was submitted")
 	}
 	return vals, files, nil
 }
@@ -244,6 +262,7 @@ func (s *Server) tasksCreateFile(w http.ResponseWriter, r *http.Request, b *back
 		s.badSubmission(w, err)
 		return
 	}
+	defer discard(files) // those kept are gone from it
 	sub, err := parseSubmission(vals)
 	if err != nil {
 		fail(w, http.StatusBadRequest, err.Error())
@@ -257,7 +276,13 @@ func (s *Server) tasksCreateFile(w http.ResponseWriter, r *http.Request, b *back
 	var ts []store.Task
 	var errs []string
 	for _, f := range files {
-		smp, err := b.store.PutSample(r.Context(), f.sample)
+		// The request is valid: the file joins the samples, before its
+		// record does.
+		if err := f.staged.Keep(); err != nil {
+			s.internal(w, r, err)
+			return
+		}
+		smp, err := b.store.PutSample(r.Context(), f.staged.Sample)
 		if err != nil {
 			s.internal(w, r, err)
 			return
@@ -280,10 +305,8 @@ func (s *Server) tasksCreateFile(w http.ResponseWriter, r *http.Request, b *back
 			case strings.HasSuffix(sub.pkg, "_x64"):
 				tags = append(tags, "x64")
 			default:
-				if head, err := s.samples.Head(smp.SHA256); err == nil {
-					if arch := sample.Arch(head); arch != "" {
-						tags = append(tags, arch)
-					}
+				if arch := sample.Arch(f.staged.Head); arch != "" {
+					tags = append(tags, arch)
 				}
 			}
 		}

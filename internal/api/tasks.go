@@ -233,7 +233,7 @@ func TaskJSON(t store.Task, d taskDetails) Task {
 func taskID(w http.ResponseWriter, r *http.Request) (int64, bool) {
 	raw := r.PathValue("id")
 	id, err := strconv.ParseInt(raw, 10, 64)
-	if err != nil || id < 1 {
+	if err != nil || id < 1 || !allDigits(raw) {
 		fail(w, http.StatusBadRequest, fmt.Sprintf("task id: %q is not a task id", raw))
 		return 0, false
 	}
@@ -306,7 +306,7 @@ func (s *Server) tasksList(w http.ResponseWriter, r *http.Request, b *backend) {
 			return 0, true
 		}
 		n, err := strconv.Atoi(raw)
-		if err != nil || n < 0 {
+		if err != nil || n < 0 || !allDigits(raw) {
 			fail(w, http.StatusBadRequest, fmt.Sprintf("%s: %q is not a number >= 0", key, raw))
 			return 0, false
 		}
@@ -468,8 +468,8 @@ const maxDeleteRange = 10000
 // parseTaskIDs reads CAPE's forms of task ids: 7, 1,2,3 or 1-4.
 func parseTaskIDs(raw string) ([]int64, error) {
 	one := func(tok string) (int64, error) {
-		id, err := strconv.ParseInt(strings.TrimSpace(tok), 10, 64)
-		if err != nil || id < 1 || id > 2147483647 {
+		id, err := strconv.ParseInt(tok, 10, 64)
+		if err != nil || id < 1 || id > 2147483647 || !allDigits(tok) {
 			return 0, fmt.Errorf("%q is not a task id", tok)
 		}
 		return id, nil
@@ -507,4 +507,10 @@ func parseTaskIDs(raw string) ([]int64, error) {
 		return nil, fmt.Errorf("more than %d tasks", maxDeleteRange)
 	}
 	return ids, nil
+}
+
+// allDigits reports whether s is ASCII digits only, as CAPE's routes (\d+)
+// take an id: no sign, no spaces.
+func allDigits(s string) bool {
+	return s != "" && strings.Trim(s, "0123456789") == ""
 }

@@ -47,46 +47,103 @@ func (d *Dir) Path(sha256 string) string { return filepath.Join(d.path, sha256[:
 // record for the database; a *TooLargeError past the limit, or an empty
 // file, keeps nothing.
 func (d *Dir) Put(r io.Reader, limit int64) (store.Sample, error) {
+	st, err := d.Stage(r, limit)
+	if err != nil {
+		return store.Sample{}, err
+	}
+	defer st.Discard()
+	if err := st.Keep(); err != nil {
+		return store.Sample{}, err
+	}
+	return st.Sample, nil
+}
+
+// Staged is an upload read, hashed and written to a temporary file, not yet
+// kept: a request that turns out to be invalid after its file was read
+// discards it and leaves the samples directory as it was.
+type Staged struct {
+	Sample store.Sample
+	Head   []byte // the first bytes, for FileType and Arch
+	d      *Dir
+	tmp    string // "" once kept or discarded
+}
+
+// Stage reads a sample of at most limit bytes into a temporary file of the
+// samples directory and hashes it. Keep or Discard it; a *TooLargeError past
+// the limit, or an empty file, leaves nothing behind.
+func (d *Dir) Stage(r io.Reader, limit int64) (*Staged, error) {
 	tmp, err := os.CreateTemp(d.path, ".upload-*")
 	if err != nil {
-		return store.Sample{}, fmt.Errorf("store sample: %w", err)
+		return nil, fmt.Errorf("store sample: %w", err)
 	}
-	defer os.Remove(tmp.Name()) // gone once renamed; removed on any failure
-	defer tmp.Close()
+	st := &Staged{d: d, tmp: tmp.Name()}
+	if err := st.write(tmp, r, limit); err != nil {
+		tmp.Close()
+		st.Discard()
+		return nil, err
+	}
+	if err := tmp.Close(); err != nil {
+		st.Discard()
+		return nil, fmt.Errorf("store sample: %w", err)
+	}
+	return st, nil
+}
+
+func (st *Staged) write(tmp *os.File, r io.Reader, limit int64) error {
 	h256, h1, h5, h512, hcrc := sha256.New(), sha1.New(), md5.New(), sha512.New(), crc32.NewIEEE()
 	head := &headBuffer{max: 4096}
 	w := io.MultiWriter(tmp, h256, h1, h5, h512, hcrc, head)
 	n, err := io.Copy(w, io.LimitReader(r, limit+1))
 	switch {
 	case err != nil:
-		return store.Sample{}, fmt.Errorf("store sample: %w", err)
+		return fmt.Errorf("store sample: %w", err)
 	case n > limit:
-		return store.Sample{}, &TooLargeError{Limit: limit}
+		return &TooLargeError{Limit: limit}
 	case n == 0:
-		return store.Sample{}, errors.New("the file is empty")
+		return errors.New("the file is empty")
 	}
-	smp := store.Sample{
+	st.Head = head.Bytes()
+	st.Sample = store.Sample{
 		SHA256: hex.EncodeToString(h256.Sum(nil)), SHA1: hex.EncodeToString(h1.Sum(nil)),
 		MD5: hex.EncodeToString(h5.Sum(nil)), SHA512: hex.EncodeToString(h512.Sum(nil)),
-		CRC32: fmt.Sprintf("%08X", hcrc.Sum32()), FileSize: n, FileType: FileType(head.Bytes()),
+		CRC32: fmt.Sprintf("%08X", hcrc.Sum32()), FileSize: n, FileType: FileType(st.Head),
 	}
 	if err := tmp.Chmod(0o440); err != nil {
-		return store.Sample{}, fmt.Errorf("store sample: %w", err)
+		return fmt.Errorf("store sample: %w", err)
 	}
 	if err := tmp.Sync(); err != nil {
-		return store.Sample{}, fmt.Errorf("store sample: %w", err)
+		return fmt.Errorf("store sample: %w", err)
 	}
-	final := d.Path(smp.SHA256)
+	return nil
+}
+
+// Keep moves the upload to its place by SHA-256 (or drops it, when that
+// sample is kept already).
+func (st *Staged) Keep() error {
+	if st.tmp == "" {
+		return errors.New("store sample: the upload was already kept or discarded")
+	}
+	defer st.Discard()
+	final := st.d.Path(st.Sample.SHA256)
 	if _, err := os.Stat(final); err == nil {
-		return smp, nil // kept already
+		return nil // kept already
 	}
 	if err := os.MkdirAll(filepath.Dir(final), 0o750); err != nil {
-		return store.Sample{}, fmt.Errorf("store sample: %w", err)
+		return fmt.Errorf("store sample: %w", err)
 	}
-	if err := os.Rename(tmp.Name(), final); err != nil {
-		return store.Sample{}, fmt.Errorf("store sample: %w", err)
+	if err := os.Rename(st.tmp, final); err != nil {
+		return fmt.Errorf("store sample: %w", err)
 	}
-	return smp, nil
+	st.tmp = ""
+	return nil
+}
+
+// Discard removes the upload unless it was kept; it may be called again.
+func (st *Staged) Discard() {
+	if st.tmp != "" {
+		os.Remove(st.tmp)
+		st.tmp = ""
+	}
 }
 
 // Head reads the first bytes of a kept sample, for FileType and Arch.

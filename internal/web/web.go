@@ -46,6 +46,10 @@ func Handler() http.Handler {
 		case strings.HasSuffix(r.URL.Path, "/"):
 			// No directory listings.
 			http.NotFound(w, r)
+		case !fs.ValidPath(strings.TrimPrefix(r.URL.Path, "/static/")):
+			// The file server answers 500 for a name the embedded file
+			// system cannot hold (not UTF-8, say): it is not a file here.
+			http.NotFound(w, r)
 		default:
 			serve.ServeHTTP(w, r)
 		}

@@ -63,6 +63,8 @@ type Scheduler interface {
 	Trigger()
 	// Paused reports whether dispatch is paused (SIGUSR1).
 	Paused() bool
+	// Why says why each pending task of ts still waits (package sched).
+	Why(ctx context.Context, ts []store.Task) (map[int64]string, error)
 }
 
 // Options configure a Server.
@@ -181,6 +183,9 @@ type idle struct{}
 
 func (idle) Trigger()     {}
 func (idle) Paused() bool { return false }
+func (idle) Why(context.Context, []store.Task) (map[int64]string, error) {
+	return nil, nil
+}
 
 // Unavailable records why the database could not be opened; /readyz and the
 // 503 answers name it until Attach.
@@ -344,6 +349,9 @@ type Machine struct {
 	InstanceID       string   `json:"instance_id"`
 	State            string   `json:"state"`
 	QuarantineReason *string  `json:"quarantine_reason"`
+	// Reason, in machines/view/ only: what a machine that is not ready
+	// waits on, and since when.
+	Reason *string `json:"reason,omitempty"`
 }
 
 func nullable(s string) *string {
@@ -442,9 +450,41 @@ func validState(s string) bool {
 }
 
 func (s *Server) machinesView(w http.ResponseWriter, r *http.Request, b *backend) {
-	if m, ok := s.machine(w, r, b); ok {
-		replyMachines(w, MachineJSON(m))
+	m, ok := s.machine(w, r, b)
+	if !ok {
+		return
 	}
+	out := MachineJSON(m)
+	if m.State != store.Ready {
+		why, err := s.machineWhy(r.Context(), b, m)
+		if err != nil {
+			s.internal(w, r, err)
+			return
+		}
+		out.Reason = nullable(why)
+	}
+	replyMachines(w, out)
+}
+
+// machineWhy says what m waits on: from the operations in flight, the
+// cause of its last state change and what this node's fleet knows live.
+func (s *Server) machineWhy(ctx context.Context, b *backend, m store.Machine) (string, error) {
+	ops, err := b.store.ListOperations(ctx, store.OperationFilter{Pool: m.Pool, Unfinished: true})
+	if err != nil {
+		return "", err
+	}
+	evs, err := b.store.MachineEvents(ctx, m.Label)
+	if err != nil {
+		return "", err
+	}
+	cause := ""
+	if len(evs) > 0 {
+		cause = evs[len(evs)-1].Cause
+	}
+	if b.fleet == nil {
+		return fleet.Explain(m, ops, fleet.Live{LastCause: cause}, time.Now()), nil
+	}
+	return b.fleet.Why(m, ops, cause), nil
 }
 
 // machine reads the machine the path names; on failure it has answered (404

@@ -58,6 +58,8 @@ type DashMachine struct {
 	IP               string  `json:"ip"`
 	InstanceID       string  `json:"instance_id"`
 	Failures         int     `json:"failures"`
+	// Reason says what a machine that is not ready waits on.
+	Reason *string `json:"reason"`
 }
 
 // DashCount is the number of tasks in one status.
@@ -79,6 +81,8 @@ type DashTask struct {
 	AddedOn     *string `json:"added_on"`
 	StartedOn   *string `json:"started_on"`
 	CompletedOn *string `json:"completed_on"`
+	// Reason says why a pending task still waits.
+	Reason *string `json:"reason"`
 }
 
 // DashOperation is an unfinished cloud operation.
@@ -146,6 +150,11 @@ func (s *Server) dashboard(w http.ResponseWriter, r *http.Request, b *backend) {
 		}
 	}
 
+	ops, err := b.store.ListOperations(ctx, store.OperationFilter{Unfinished: true, Limit: dashboardOps})
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
 	ms, err := b.store.ListMachines(ctx, store.MachineFilter{})
 	if err != nil {
 		s.internal(w, r, err)
@@ -156,7 +165,8 @@ func (s *Server) dashboard(w http.ResponseWriter, r *http.Request, b *backend) {
 			continue
 		}
 		dm := DashMachine{Label: m.Label, Pool: m.Pool, State: string(m.State), StateChangedOn: rfc3339(m.StateChangedOn),
-			QuarantineReason: nullable(m.QuarantineReason), IP: m.IP, InstanceID: m.InstanceID, Failures: m.Failures}
+			QuarantineReason: nullable(m.QuarantineReason), IP: m.IP, InstanceID: m.InstanceID, Failures: m.Failures,
+			Reason: nullable(b.fleet.Why(m, ops, ""))}
 		if m.TaskID != 0 {
 			id := m.TaskID
 			dm.TaskID = &id
@@ -187,11 +197,6 @@ func (s *Server) dashboard(w http.ResponseWriter, r *http.Request, b *backend) {
 		return
 	}
 
-	ops, err := b.store.ListOperations(ctx, store.OperationFilter{Unfinished: true, Limit: dashboardOps})
-	if err != nil {
-		s.internal(w, r, err)
-		return
-	}
 	for _, op := range ops {
 		ids := op.InstanceIDs
 		if ids == nil {
@@ -232,6 +237,10 @@ func (s *Server) dashboardTasks(r *http.Request, b *backend) ([]DashTask, error)
 		}
 	}
 	slices.SortFunc(ts, func(a, b store.Task) int { return cmp.Compare(b.ID, a.ID) })
+	why, err := b.sched.Why(r.Context(), ts)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]DashTask, 0, len(ts))
 	for _, t := range ts {
 		target := t.Target
@@ -245,7 +254,8 @@ func (s *Server) dashboardTasks(r *http.Request, b *backend) ([]DashTask, error)
 		}
 		out = append(out, DashTask{ID: t.ID, Target: target, Category: t.Category, Status: string(t.Status),
 			Machine: nullable(machine), Attempt: t.Attempt, Priority: t.Priority, Error: nullable(t.Error),
-			AddedOn: rfc3339(t.AddedOn), StartedOn: rfc3339(t.StartedOn), CompletedOn: rfc3339(t.CompletedOn)})
+			AddedOn: rfc3339(t.AddedOn), StartedOn: rfc3339(t.StartedOn), CompletedOn: rfc3339(t.CompletedOn),
+			Reason: nullable(why[t.ID])})
 	}
 	return out, nil
 }

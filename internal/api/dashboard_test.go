@@ -36,7 +36,7 @@ func TestDashboard(t *testing.T) {
 		t.Fatalf("lease: %v %v", err, res)
 	}
 	if _, err := st.TransitionTask(ctx, store.TaskTransition{TaskID: ts[1].ID, From: store.TaskPending,
-		To: store.TaskFailedAnalysis, Error: "no machine could ever serve this task: tag office is on no machine"}); err != nil {
+		To: store.TaskFailedAnalysis, Error: "no machine could ever serve this task: tag office is on no pool"}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -26,6 +26,7 @@ var volatile = []struct {
 	with string
 }{
 	{regexp.MustCompile(`\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}`), "YYYY-MM-DD HH:MM:SS"},
+	{regexp.MustCompile(`since \d{2}:\d{2}:\d{2}`), "since HH:MM:SS"},
 	{regexp.MustCompile(`http://127\.0\.0\.1:\d+`), "http://HOST"},
 	{regexp.MustCompile(`"hostname": "[^"]*"`), `"hostname": "HOST"`},
 	{regexp.MustCompile(`"(storage|ram)": \{[^}]*\}`), `"$1": {…}`},

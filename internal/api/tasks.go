@@ -70,6 +70,9 @@ type Task struct {
 	Error   *string `json:"error"`
 	// Hook is the ended analysis's hooks.on_complete run; null without one.
 	Hook *Hook `json:"hook"`
+	// Reason, in tasks/view/ only: why a pending task still waits, or why
+	// a failed one failed.
+	Reason *string `json:"reason,omitempty"`
 }
 
 // Hook is how a task's hooks.on_complete run stands: pending, ok, failed or
@@ -267,6 +270,17 @@ func (s *Server) tasksView(w http.ResponseWriter, r *http.Request, b *backend) {
 	out := TaskJSON(t, s.details(r.Context(), b, []store.Task{t})[0])
 	if t.Category != "url" {
 		out.Target = filepath.Base(strings.ReplaceAll(out.Target, `\`, "/"))
+	}
+	switch t.Status {
+	case store.TaskPending:
+		why, err := b.sched.Why(r.Context(), []store.Task{t})
+		if err != nil {
+			s.internal(w, r, err)
+			return
+		}
+		out.Reason = nullable(why[t.ID])
+	case store.TaskFailedAnalysis:
+		out.Reason = nullable(t.Error)
 	}
 	reply(w, out)
 }

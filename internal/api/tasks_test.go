@@ -28,6 +28,9 @@ type wakes struct{ n atomic.Int32 }
 
 func (w *wakes) Trigger()     { w.n.Add(1) }
 func (w *wakes) Paused() bool { return false }
+func (w *wakes) Why(context.Context, []store.Task) (map[int64]string, error) {
+	return nil, nil
+}
 
 type taskServer struct {
 	url     string

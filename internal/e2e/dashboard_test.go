@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
-	"mime/multipart"
 	"net/http"
 	"net/url"
 	"os"
@@ -98,20 +96,8 @@ func stage(t *testing.T, d *daemon, b *browsertest.Browser) {
 			`document.querySelector('#tasks [data-status="failed_analysis"]') && document.querySelector('#operations tr[data-op]')`)
 }
 
-// submitWith posts one file with extra form fields.
-func submitWith(t *testing.T, d *daemon, name string, fields map[string]string) {
+// submitWith posts one file with extra form fields and returns the task id.
+func submitWith(t *testing.T, d *daemon, name string, fields map[string]string) int64 {
 	t.Helper()
-	var buf bytes.Buffer
-	mw := multipart.NewWriter(&buf)
-	w, _ := mw.CreateFormFile("file", name)
-	w.Write([]byte("sample " + name))
-	for k, v := range fields {
-		mw.WriteField(k, v)
-	}
-	mw.Close()
-	resp, err := http.Post(d.api+"/apiv2/tasks/create/file/", mw.FormDataContentType(), &buf)
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("submit %s: %v %v", name, resp, err)
-	}
-	resp.Body.Close()
+	return d.submitForm(t, name, []byte("sample "+name), fields)
 }

@@ -285,7 +285,9 @@ func (r *Reconciler) probe(ctx context.Context, ps []pair) []store.Transition {
 			limit <- struct{}{}
 			wg.Go(func() {
 				defer func() { <-limit }()
-				alive[i] = r.o.Agent.Ping(ctx, x.inst.IP) == nil
+				err := r.o.Agent.Ping(ctx, x.inst.IP)
+				alive[i] = err == nil
+				r.probes.note(x.machine, err)
 			})
 		}
 		wg.Wait()

@@ -52,6 +52,22 @@ func (v *verdicts) get(label string) (verdict, bool) {
 	return x, ok
 }
 
+// note records a probe of m: a failure keeps the time of the first one
+// since m's row last changed; a success forgets them.
+func (v *verdicts) note(m *store.Machine, err error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err == nil {
+		delete(v.silent, m.Label)
+		return
+	}
+	x := verdict{version: m.Version, err: err.Error(), at: time.Now()}
+	if prev, ok := v.silent[m.Label]; ok && prev.version == m.Version {
+		x.at = prev.at
+	}
+	v.silent[m.Label] = x
+}
+
 func (v *verdicts) snapshot() map[string]verdict {
 	v.mu.Lock()
 	defer v.mu.Unlock()

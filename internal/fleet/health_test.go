@@ -43,11 +43,26 @@ func TestReadyMachineWhoseAgentDiesLeavesReady(t *testing.T) {
 	if s := machineState(t, st, "win10x64_0"); s != store.Ready {
 		t.Errorf("the healthy machine is %s", s)
 	}
+	// Asked why it is not ready, it says its agent does not answer, since
+	// when and what the probe met.
+	f := fleet.NewFleet(r)
+	why := ""
+	poll.Until(t, 10*time.Second, "win10x64_1 explained by its silent agent", func() bool {
+		m, _ := st.GetMachine(context.Background(), "win10x64_1")
+		why = f.Why(m, nil, last.Cause)
+		return strings.HasPrefix(why, "agent at "+m.IP+" not answering since ")
+	})
+	if !strings.Contains(why, "connect") && !strings.Contains(why, "refused") && !strings.Contains(why, "timeout") {
+		t.Errorf("reason %q does not say what the probe met", why)
+	}
 
 	if _, err := c.emu.SetAgentState("win10x64", "", "1", "up"); err != nil {
 		t.Fatal(err)
 	}
 	poll.Until(t, 20*time.Second, "win10x64_1 ready again", func() bool { return machineState(t, st, "win10x64_1") == store.Ready })
+	if m, _ := st.GetMachine(context.Background(), "win10x64_1"); f.Why(m, nil, "") != "" {
+		t.Errorf("a ready machine explained: %q", f.Why(m, nil, ""))
+	}
 }
 
 // countingAgent is an agent checker that counts its probes.

@@ -3,6 +3,8 @@ package fleet_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -33,7 +35,7 @@ func TestFailedPollsAreNotFailedOperations(t *testing.T) {
 	c := readyCloud(t, st, 4)
 	stop := run(c.reconciler(t, st))
 	defer stop()
-	if _, err := c.emu.SetFaults([]byte(`{"lro_delay_ms": 1000, "error_rate": 0.7}`)); err != nil {
+	if _, err := c.emu.SetFaults([]byte(`{"lro_delay_ms": 3000, "error_rate": 0.7}`)); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 4 {
@@ -152,7 +154,18 @@ func TestCloudDownWhileReimaging(t *testing.T) {
 // halfway does not reset it, and the journal's attempts count on.
 func TestFailureCountSurvivesRestart(t *testing.T) {
 	st := openSQLite(t)
-	pool := labPool(`[ "$SANDFLEET_MACHINE" != lab1 ]`)
+	// lab1's reset fails; while the gate file exists, its third run hangs
+	// until the stop cuts it short, so that the first run of the daemon
+	// ends with exactly two failures.
+	dir := t.TempDir()
+	gate, runs := filepath.Join(dir, "gate"), filepath.Join(dir, "runs")
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool := labPool(fmt.Sprintf(`[ "$SANDFLEET_MACHINE" != lab1 ] && exit 0
+n=$(cat %[1]s 2>/dev/null | wc -l); echo run >> %[1]s
+if [ "$n" -ge 2 ] && [ -e %[2]s ]; then exec sleep 60; fi
+exit 1`, runs, gate))
 	start := func() func() {
 		return run(fleet.New(fleet.Options{Store: st, Provider: static.New([]config.Pool{pool}), Pools: []config.Pool{pool},
 			Interval: 100 * time.Millisecond, OpTimeout: 10 * time.Second, Logger: testLogger()}))
@@ -169,6 +182,9 @@ func TestFailureCountSurvivesRestart(t *testing.T) {
 	if n := failures(); n != 2 || machineState(t, st, "lab1") == store.Quarantined {
 		t.Fatalf("setup: %d failures, %s; want 2, not yet quarantined", n, machineState(t, st, "lab1"))
 	}
+	if err := os.Remove(gate); err != nil {
+		t.Fatal(err)
+	}
 	stop = start()
 	defer stop()
 	poll.Until(t, 10*time.Second, "lab1 quarantined", func() bool { return machineState(t, st, "lab1") == store.Quarantined })
@@ -178,6 +194,10 @@ func TestFailureCountSurvivesRestart(t *testing.T) {
 	}
 	// A reset cut short by a stop is abandoned, not failed: it counts as an
 	// attempt but not against the machine.
+	poll.Until(t, 10*time.Second, "the last reset journaled", func() bool {
+		ops, _ := st.ListOperations(ctx, store.OperationFilter{Unfinished: true})
+		return len(ops) == 0
+	})
 	var attempts []int
 	failed := 0
 	ops, _ := st.ListOperations(ctx, store.OperationFilter{Pool: "lab"})

@@ -107,6 +107,9 @@ type Reconciler struct {
 	throttle throttle
 	ops      inflight
 	agents   verdicts
+	// probes are the failed agent probes of provisioning machines: what
+	// a machine waiting for its agent is told, kept for Why.
+	probes verdicts
 
 	mu        sync.Mutex
 	views     map[string]View
@@ -154,6 +157,7 @@ func New(o Options) *Reconciler {
 		firstPass: make(chan struct{}),
 		ops:       inflight{max: o.MaxConcurrentOps, owner: map[string]int64{}},
 		agents:    verdicts{silent: map[string]verdict{}},
+		probes:    verdicts{silent: map[string]verdict{}},
 		views:     map[string]View{},
 		base:      context.Background(),
 		anomalies: map[string]bool{},

@@ -93,7 +93,7 @@ func (mt Matcher) steps(n Need, reserved bool) []step {
 	for _, tag := range tags {
 		out = append(out, step{
 			keep:  func(o Offer) bool { return slices.Contains(o.Tags, tag) },
-			unmet: func() string { return fmt.Sprintf("tag %s is on no machine", tag) },
+			unmet: func() string { return fmt.Sprintf("tag %s is on no pool", tag) },
 		})
 	}
 	if need := mt.PackageTags[n.Package]; len(need) > 0 {

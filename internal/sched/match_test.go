@@ -52,7 +52,7 @@ func TestPick(t *testing.T) {
 		{"x86 busy: a free x64 serves", Need{Tags: []string{"x86"}}, []Offer{busy(w7x86), w10}, "w10", Serve, ""},
 		{"url task: x86 and x64", Need{Tags: []string{"x86", "x64"}}, []Offer{w10, w7x86}, "w7", Serve, ""},
 		{"every tag", Need{Tags: []string{"win10", "office"}}, []Offer{w10, office}, "office", Serve, ""},
-		{"a tag nowhere", Need{Tags: []string{"win10", "excel"}}, []Offer{w10, office}, "", Unserviceable, "tag excel is on no machine"},
+		{"a tag nowhere", Need{Tags: []string{"win10", "excel"}}, []Offer{w10, office}, "", Unserviceable, "tag excel is on no pool"},
 		{"package needs any of its tags", Need{Package: "doc"}, []Offer{w10, office}, "office", Serve, ""},
 		{"package tags nowhere", Need{Package: "doc"}, []Offer{w10}, "", Unserviceable, "package doc needs one of the tags office2016, office"},
 		{"package without tags", Need{Package: "exe"}, []Offer{w10}, "w10", Serve, ""},
@@ -61,7 +61,7 @@ func TestPick(t *testing.T) {
 		{"free before busy", Need{}, []Offer{busy(used(free("a", "windows", "x64"), time.Time{})), used(free("b", "windows", "x64"), t0)}, "b", Serve, ""},
 		{"all busy: wait", Need{Tags: []string{"win10"}}, []Offer{busy(w10)}, "", Wait, ""},
 		{"a pool could make one: wait", Need{Tags: []string{"win10"}}, []Offer{template}, "", Wait, ""},
-		{"a pool's tags name what it can serve", Need{Tags: []string{"win7"}}, []Offer{template}, "", Unserviceable, "tag win7 is on no machine"},
+		{"a pool's tags name what it can serve", Need{Tags: []string{"win7"}}, []Offer{template}, "", Unserviceable, "tag win7 is on no pool"},
 		{"nothing configured", Need{}, nil, "", Unserviceable, "no machine is configured"},
 	}
 	for _, tt := range tests {

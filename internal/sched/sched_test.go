@@ -2,6 +2,7 @@ package sched_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -61,7 +62,7 @@ func TestUnserviceableFailsAtOnceWithoutHoldingUpOthers(t *testing.T) {
 		t.Errorf("the serviceable task waited %s behind 20 unserviceable ones", took)
 	}
 	for _, b := range l.waitEnded(time.Second+time.Since(submitted), bad...) {
-		if b.Status != store.TaskFailedAnalysis || !strings.Contains(b.Error, "tag office is on no machine") {
+		if b.Status != store.TaskFailedAnalysis || !strings.Contains(b.Error, "tag office is on no pool") {
 			t.Errorf("task %d: %s %q, want failed naming the tag", b.ID, b.Status, b.Error)
 		}
 	}
@@ -271,5 +272,54 @@ func TestExpiredLeaseIsRescuedByAnotherNode(t *testing.T) {
 	}
 	if m, _ := other.GetMachine(context.Background(), running.RanOn); m.State == store.Leased {
 		t.Fatalf("%s still leased to the dead node's analysis", running.RanOn)
+	}
+}
+
+// A waiting task says why, from the matching the dispatch uses: the busy
+// machines that match it and who holds them, max_machines, a pause, a tag
+// no pool has.
+func TestWhyATaskWaits(t *testing.T) {
+	l := newLab(t, labConfig{pools: []config.Pool{pool("poola", 1, "a"), pool("poolb", 2, "b")}, analysis: "60s",
+		edit: func(o *sched.Options) { o.Scheduler.MaxMachines, o.Scheduler.FailUnserviceable = 2, false }})
+	ctx := context.Background()
+	why := func(task store.Task) string {
+		t.Helper()
+		got, err := l.sched.Why(ctx, []store.Task{l.task(task.ID)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got[task.ID]
+	}
+	want := func(task store.Task, parts ...string) {
+		t.Helper()
+		w := why(task)
+		for _, p := range parts {
+			if !strings.Contains(w, p) {
+				t.Errorf("task %d waits because %q; want it to say %q", task.ID, w, p)
+			}
+		}
+	}
+
+	first := l.waitRunning(l.submit(1, 60, "a")[0])
+	busy := l.submit(1, 60, "a")[0]
+	want(busy, fmt.Sprintf("1 machine matches (a): poola_0 leased by task %d since ", first.ID))
+	if w := why(busy); strings.Contains(w, "max_machines") || strings.Contains(w, "paused") {
+		t.Errorf("busy task's reason %q names what does not hold it", w)
+	}
+
+	third := l.waitRunning(l.submit(1, 60, "b")[0])
+	capped := l.submit(1, 60, "b")[0]
+	want(capped, "max_machines 2 reached: 2 analyses running", "2 machines match (b): ",
+		fmt.Sprintf("%s leased by task %d", third.RanOn, third.ID), "ready")
+
+	office := l.submit(1, 60, "office")[0]
+	want(office, "no machine matches: tag office is on no pool")
+
+	l.sched.Pause()
+	want(busy, "scheduler paused (SIGUSR1", "poola_0 leased by task")
+
+	// Only pending tasks are explained.
+	if got, _ := l.sched.Why(ctx, []store.Task{l.task(first.ID)}); len(got) != 0 {
+		t.Errorf("a running task explained: %v", got)
 	}
 }

@@ -203,9 +203,9 @@
 
   function drawMachines(ms) {
     const rows = ms.map((m) => {
-      let note = "";
-      if (m.quarantine_reason) note = m.quarantine_reason;
-      else if (m.failures) note = m.failures + " failed operation" + (m.failures > 1 ? "s" : "") + " in a row";
+      // What a machine that is not ready waits on, as the server says it.
+      let note = m.reason || "";
+      if (!note && m.failures) note = m.failures + " failed operation" + (m.failures > 1 ? "s" : "") + " in a row";
       return el("tr", { "data-label": m.label },
         el("td", { className: "strong mono", title: "instance " + m.instance_id }, m.label),
         el("td", {}, m.pool),
@@ -263,6 +263,7 @@
       case "running":
         return el("span", { className: "muted" }, "analysing");
       case "pending":
+        if (t.reason) return el("span", { className: "muted" }, t.reason);
         return el("span", { className: "muted" }, t.machine ? "waiting for " + t.machine : "waiting for a machine");
     }
     return "";

@@ -56,3 +56,38 @@ func TestLeaseUsesTheDatabaseClock(t *testing.T) {
 		t.Fatalf("node b took a lease that node a, an hour behind, had just extended: %v, %v", ok, err)
 	}
 }
+
+// A read-only handle reads what another wrote, and cannot write, nor
+// migrate.
+func TestOpenReadOnly(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	ro, err := postgres.OpenReadOnly(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if err := ro.Migrate(ctx); err == nil {
+		t.Fatal("a read-only handle migrated")
+	}
+	if sc, err := ro.Schema(ctx); err != nil || len(sc.Applied) != 0 {
+		t.Fatalf("Schema read-only before migrating = %+v, %v", sc, err)
+	}
+	rw, err := postgres.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rw.Close()
+	if err := rw.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rw.InsertMachines(ctx, []store.Machine{{Label: "m", State: store.Ready}}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if ms, err := ro.ListMachines(ctx, store.MachineFilter{}); err != nil || len(ms) != 1 {
+		t.Fatalf("ListMachines read-only = %v, %v", ms, err)
+	}
+	if _, err := ro.InsertMachines(ctx, []store.Machine{{Label: "n", State: store.Ready}}, "test"); err == nil {
+		t.Fatal("a read-only handle wrote")
+	}
+}

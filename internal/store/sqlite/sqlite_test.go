@@ -2,6 +2,8 @@ package sqlite_test
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,5 +49,43 @@ func TestOpenWantsAnExistingDirectory(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(root, "missing")); err == nil {
 		t.Error("Open created the missing directory")
+	}
+}
+
+// OpenReadOnly creates no database where there is none, and writes nothing
+// where there is one.
+func TestOpenReadOnly(t *testing.T) {
+	ctx := context.Background()
+	path := newDB(t)
+	if s, err := sqlite.OpenReadOnly(ctx, path); !errors.Is(err, fs.ErrNotExist) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("OpenReadOnly of a missing file = %v, want fs.ErrNotExist", err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("OpenReadOnly created %s", path)
+	}
+	rw, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rw.Close()
+	if err := rw.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rw.InsertMachines(ctx, []store.Machine{{Label: "m", State: store.Ready}}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := sqlite.OpenReadOnly(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if ms, err := ro.ListMachines(ctx, store.MachineFilter{}); err != nil || len(ms) != 1 {
+		t.Fatalf("ListMachines read-only = %v, %v", ms, err)
+	}
+	if _, err := ro.InsertMachines(ctx, []store.Machine{{Label: "n", State: store.Ready}}, "test"); err == nil {
+		t.Fatal("a read-only handle wrote")
 	}
 }

@@ -48,6 +48,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		fn   func(t *testing.T, open func(t *testing.T) store.Store)
 	}{
 		{"Migrate", testMigrate},
+		{"Schema", testSchema},
 		{"Pools", testPools},
 		{"InsertAndList", testInsertAndList},
 		{"InsertLargeBatch", testInsertLargeBatch},
@@ -163,6 +164,32 @@ func testMigrate(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 	if got := get(t, c, "m1"); got.State != store.Ready {
 		t.Errorf("after re-migrating, m1 is %s", got.State)
+	}
+}
+
+// Schema tells a database never migrated from a migrated one, and reading
+// it creates nothing: a second look finds the database as untouched.
+func testSchema(t *testing.T, open func(t *testing.T) store.Store) {
+	ctx := context.Background()
+	s := open(t)
+	for range 2 {
+		sc, err := s.Schema(ctx)
+		if err != nil {
+			t.Fatalf("Schema of an empty database: %v", err)
+		}
+		if len(sc.Applied) != 0 || sc.Latest < 1 || len(sc.Pending) == 0 || sc.Pending[len(sc.Pending)-1] != sc.Latest || sc.Current() {
+			t.Fatalf("Schema of an empty database = %+v", sc)
+		}
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := open(t).Schema(ctx)
+	if err != nil {
+		t.Fatalf("Schema of a migrated database: %v", err)
+	}
+	if len(sc.Pending) != 0 || !sc.Current() {
+		t.Fatalf("Schema of a migrated database = %+v", sc)
 	}
 }
 

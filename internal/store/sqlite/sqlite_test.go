@@ -66,26 +66,5 @@ func TestOpenReadOnly(t *testing.T) {
 	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("OpenReadOnly created %s", path)
 	}
-	rw, err := sqlite.Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rw.Close()
-	if err := rw.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rw.InsertMachines(ctx, []store.Machine{{Label: "m", State: store.Ready}}, "test"); err != nil {
-		t.Fatal(err)
-	}
-	ro, err := sqlite.OpenReadOnly(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ro.Close()
-	if ms, err := ro.ListMachines(ctx, store.MachineFilter{}); err != nil || len(ms) != 1 {
-		t.Fatalf("ListMachines read-only = %v, %v", ms, err)
-	}
-	if _, err := ro.InsertMachines(ctx, []store.Machine{{Label: "n", State: store.Ready}}, "test"); err == nil {
-		t.Fatal("a read-only handle wrote")
-	}
+	storetest.ReadOnly(t, path, sqlite.Open, sqlite.OpenReadOnly)
 }

@@ -193,6 +193,37 @@ func testSchema(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 }
 
+// ReadOnly checks a read-only handle, opened by openReadOnly, on the
+// database at where: it reads what a handle opened by openAt wrote, and
+// cannot write.
+func ReadOnly(t *testing.T, where string, openAt, openReadOnly func(ctx context.Context, where string) (store.Store, error)) {
+	t.Helper()
+	ctx := context.Background()
+	rw, err := openAt(ctx, where)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rw.Close()
+	if err := rw.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, rw, machine("m", "p", store.Ready))
+	ro, err := openReadOnly(ctx, where)
+	if err != nil {
+		t.Fatalf("open read-only: %v", err)
+	}
+	defer ro.Close()
+	if sc, err := ro.Schema(ctx); err != nil || !sc.Current() {
+		t.Errorf("Schema read-only = %+v, %v", sc, err)
+	}
+	if ms, err := ro.ListMachines(ctx, store.MachineFilter{}); err != nil || len(ms) != 1 {
+		t.Errorf("ListMachines read-only = %v, %v", ms, err)
+	}
+	if _, err := ro.InsertMachines(ctx, []store.Machine{machine("n", "p", store.Ready)}, "test"); err == nil {
+		t.Error("a read-only handle wrote")
+	}
+}
+
 func testPools(t *testing.T, open func(t *testing.T) store.Store) {
 	ctx := context.Background()
 	s := migrated(t, open)

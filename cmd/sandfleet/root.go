@@ -49,20 +49,25 @@ func rootCmd() *cobra.Command {
 	pf.StringVar(&g.token, "token", "", "API token for client commands (default $SANDFLEET_TOKEN)")
 	api.Version = version
 	root.AddCommand(serveCmd(g), emulatorCmd(g), migrateCmd(g), versionCmd(),
-		machinesCmd(g), poolsCmd(g), checkCmd(g), submitCmd(g), tasksCmd(g), importCapeCmd(), tokenCmd(g))
+		machinesCmd(g), poolsCmd(g), checkCmd(g), doctorCmd(g), submitCmd(g), tasksCmd(g), importCapeCmd(), tokenCmd(g))
 	return root
 }
 
-// load reads the configuration: --config, else ./sandfleet.yaml if present,
-// else the defaults; then --data-dir.
-func (g *globals) load() (*config.Config, error) {
-	path := g.configFile
-	if path == "" {
-		if _, err := os.Stat("sandfleet.yaml"); err == nil {
-			path = "sandfleet.yaml"
-		}
+// configPath is the configuration file in use: --config, else
+// ./sandfleet.yaml if present, else "" (the defaults).
+func (g *globals) configPath() string {
+	if g.configFile != "" {
+		return g.configFile
 	}
-	cfg, err := config.Load(path)
+	if _, err := os.Stat("sandfleet.yaml"); err == nil {
+		return "sandfleet.yaml"
+	}
+	return ""
+}
+
+// load reads the configuration at configPath, then applies --data-dir.
+func (g *globals) load() (*config.Config, error) {
+	cfg, err := config.Load(g.configPath())
 	if err != nil {
 		return nil, err
 	}

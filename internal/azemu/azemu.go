@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -71,6 +72,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Faults in force at start (see POST /_emulator/faults).
 	Faults Faults
+	// GalleryImages names the gallery image definitions that exist, in
+	// every gallery of every resource group; any other is not found. Nil:
+	// any image exists.
+	GalleryImages []string
 }
 
 // Emulator is one Azure Resource Manager emulator. Create it with New, then
@@ -83,6 +88,9 @@ type Emulator struct {
 	ca       *authority
 	pool     *x509.CertPool
 	analysis [2]time.Duration
+	// images holds Options.GalleryImages, lower-cased as ARM compares
+	// names; nil when any image exists.
+	images map[string]bool
 
 	mu     sync.Mutex // guards everything below up to saveMu
 	st     *state
@@ -161,12 +169,23 @@ func New(opts Options) (*Emulator, error) {
 	if err != nil {
 		return nil, err
 	}
+	var images map[string]bool
+	if opts.GalleryImages != nil {
+		images = map[string]bool{}
+		for _, name := range opts.GalleryImages {
+			if name == "" {
+				return nil, errors.New("gallery images: an empty name")
+			}
+			images[strings.ToLower(name)] = true
+		}
+	}
 
 	e := &Emulator{
 		opts:     opts,
 		log:      opts.Logger.With("component", "azemu"),
 		dir:      opts.StateDir,
 		analysis: [2]time.Duration{lo, hi},
+		images:   images,
 		faults:   faults,
 		agents:   map[string]*agent{},
 		// The agents of the VMs in the state have never been started.
@@ -264,6 +283,11 @@ func (e *Emulator) Start() error {
 	}
 	e.mu.Unlock()
 	e.settle()
+	// Who finds the state directory finds the emulator: the CA to trust is
+	// there already, and the port may be one picked now.
+	if err := writeFileAtomic(filepath.Join(e.dir, EndpointFile), []byte(e.url+"\n"), 0o644); err != nil {
+		e.log.Warn("write endpoint file", "err", err)
+	}
 
 	go func() {
 		err := e.srv.ServeTLS(ln, "", "")
@@ -343,6 +367,12 @@ func (e *Emulator) Close() error {
 	if err := e.commit(gen); err != nil {
 		errs = append(errs, err)
 	}
+	if e.started {
+		// Nothing answers there any more.
+		if err := os.Remove(filepath.Join(e.dir, EndpointFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
 	if e.tempDir {
 		errs = append(errs, os.RemoveAll(e.dir))
 	}
@@ -368,6 +398,26 @@ func (e *Emulator) Addr() string {
 
 // CAFile is the path of the PEM certificate clients must trust.
 func (e *Emulator) CAFile() string { return filepath.Join(e.dir, caCertFile) }
+
+// EndpointFile, in the state directory, holds the URL of the emulator
+// serving from it, while it serves.
+const EndpointFile = "endpoint"
+
+// Endpoint finds the emulator serving from state directory dir: its URL
+// and the CA file to trust. An error wrapping fs.ErrNotExist says none has
+// started there, or the last one stopped; after a crash the URL may be one
+// that no longer answers.
+func Endpoint(dir string) (url, caFile string, err error) {
+	b, err := os.ReadFile(filepath.Join(dir, EndpointFile))
+	if err != nil {
+		return "", "", err
+	}
+	url = strings.TrimSpace(string(b))
+	if url == "" {
+		return "", "", fmt.Errorf("%s: empty", filepath.Join(dir, EndpointFile))
+	}
+	return url, filepath.Join(dir, caCertFile), nil
+}
 
 // CertPool holds the emulator's CA, for a client transport's RootCAs.
 func (e *Emulator) CertPool() *x509.CertPool { return e.pool.Clone() }

@@ -343,6 +343,10 @@ func (e *Emulator) handlePutSet(w http.ResponseWriter, r *http.Request, sub, rg,
 		armError(w, http.StatusBadRequest, "LocationRequired", "The location property is required for this definition.")
 		return
 	}
+	if rep, missing := e.missingImage(in.model, in.location); missing {
+		e.send(w, r, rep, nil)
+		return
+	}
 	e.answer(w, r, func(now time.Time) reply {
 		s, _ := e.setLocked(sub, rg, name)
 		if rep, refused := e.refuseChangeLocked(r, opPutSet, s, name, now); refused {
@@ -381,6 +385,11 @@ func (e *Emulator) handlePatchSet(w http.ResponseWriter, r *http.Request, sub, r
 		s, miss := e.setLocked(sub, rg, name)
 		if s == nil {
 			return miss
+		}
+		// Only an image the patch names is checked: scaling a set whose
+		// image has gone is another matter.
+		if rep, missing := e.missingImage(in.model, s.Location); missing {
+			return rep
 		}
 		if rep, refused := e.refuseChangeLocked(r, opPatchSet, s, name, now); refused {
 			return rep

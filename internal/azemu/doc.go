@@ -21,14 +21,22 @@
 //     and IPs. Capacity is at most 1000.
 //   - NICs of scale-set VMs (list per set or VM, get): one per VM, its private
 //     IP being the VM's address; properties.virtualMachine.id names the VM.
-//   - Any subnet exists, with Options.SubnetPrefix; any gallery image exists.
+//   - Any subnet exists, with Options.SubnetPrefix.
+//   - Gallery images: those Options.GalleryImages names exist, in every
+//     gallery of every resource group, and no other (404 ResourceNotFound);
+//     with GalleryImages nil, as sandfleet emulator runs by default, any
+//     image exists. A scale set PUT, or a PATCH that names an image, whose
+//     image reference is a gallery image that does not exist is refused at
+//     once with ARM's 404 GalleryImageNotFound naming the image, and
+//     nothing changes. A gallery image is one definition: its versions are
+//     not modelled, and a model naming a version is judged by its image.
 //   - Resource SKUs (a few sizes with vCPUs capabilities, $filter on
 //     location) and usages (cores, lowPriorityCores, per-family vCPUs counted
 //     from the VMs, against the quota fault's limits).
 //
 // Errors are ARM's {"error": {"code", "message"}}: ResourceNotFound,
-// ParentResourceNotFound, PreconditionFailed (412), InvalidParameter,
-// TooManyRequests (429, Retry-After), InternalServerError.
+// ParentResourceNotFound, GalleryImageNotFound, PreconditionFailed (412),
+// InvalidParameter, TooManyRequests (429, Retry-After), InternalServerError.
 //
 // # Long-running operations
 //
@@ -48,7 +56,11 @@
 //
 // Started on a port it used before (Listen with port 0 and the same host),
 // the emulator takes that port again if free, so polling URLs held by
-// clients stay valid.
+// clients stay valid. While it serves, the file "endpoint" in its state
+// directory holds its URL (see Endpoint), next to ca.pem: that is how a
+// client that knows only the directory, such as sandfleet doctor, finds the
+// emulator sandfleet serve runs in-process. Close removes it; after a crash
+// it names a URL that no longer answers.
 //
 // # Guest agents
 //

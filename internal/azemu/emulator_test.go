@@ -2,7 +2,9 @@ package azemu
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/netip"
@@ -728,6 +730,71 @@ func TestCatalog(t *testing.T) {
 	}
 	if usage["cores"] != [2]int64{6, 10} || usage["lowPriorityCores"] != [2]int64{0, 4} || usage["standardDSv3Family"][0] != 6 {
 		t.Fatalf("usages %v", usage)
+	}
+}
+
+// With a gallery, an image it does not hold is ARM's 404, whether read or
+// named by a scale set's model; the scale set is then not created, nor its
+// image changed.
+func TestGallery(t *testing.T) {
+	opts := testOptions(t)
+	opts.GalleryImages = []string{"win10"}
+	e := startEmulator(t, opts)
+	c := newClients(t, e)
+	ctx := ctxT(t)
+	if _, err := c.images.Get(ctx, "gallery-rg", "capegallery", "WIN10", nil); err != nil {
+		t.Fatalf("an image the gallery holds, named in another case: %v", err)
+	}
+	_, err := c.images.Get(ctx, "gallery-rg", "capegallery", "win11", nil)
+	if re := respErr(t, err, http.StatusNotFound, "ResourceNotFound"); !strings.Contains(re.Error(), "galleries/capegallery/images/win11") {
+		t.Errorf("404 does not name the image: %v", re)
+	}
+
+	missing := "/subscriptions/" + testSub + "/resourceGroups/gallery-rg/providers/Microsoft.Compute/galleries/capegallery/images/win11"
+	body := scaleSetBody(2)
+	body.Properties.VirtualMachineProfile.StorageProfile.ImageReference.ID = to.Ptr(missing)
+	_, err = c.sets.BeginCreateOrUpdate(ctx, testRG, "nope", body, nil)
+	if re := respErr(t, err, http.StatusNotFound, "GalleryImageNotFound"); !strings.Contains(re.Error(), missing) {
+		t.Errorf("GalleryImageNotFound does not name the image: %v", re)
+	}
+	_, err = c.sets.Get(ctx, testRG, "nope", nil)
+	respErr(t, err, http.StatusNotFound, "ResourceNotFound")
+
+	createSet(t, c, "win10", 1)
+	update := armcompute.VirtualMachineScaleSetUpdate{Properties: &armcompute.VirtualMachineScaleSetUpdateProperties{
+		VirtualMachineProfile: &armcompute.VirtualMachineScaleSetUpdateVMProfile{
+			StorageProfile: &armcompute.VirtualMachineScaleSetUpdateStorageProfile{
+				ImageReference: &armcompute.ImageReference{ID: to.Ptr(missing)},
+			},
+		},
+	}}
+	_, err = c.sets.BeginUpdate(ctx, testRG, "win10", update, nil)
+	respErr(t, err, http.StatusNotFound, "GalleryImageNotFound")
+	got, err := c.sets.Get(ctx, testRG, "win10", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := *got.Properties.VirtualMachineProfile.StorageProfile.ImageReference.ID; !strings.HasSuffix(id, "/images/win10") {
+		t.Errorf("a refused update changed the image to %s", id)
+	}
+	// A patch that names no image is not held up by the gallery.
+	p, err := c.sets.BeginUpdate(ctx, testRG, "win10", withCapacity(2), nil)
+	done(t, p, err)
+}
+
+// The state directory says where its emulator serves while it serves.
+func TestEndpointFile(t *testing.T) {
+	opts := testOptions(t)
+	e := startEmulator(t, opts)
+	url, ca, err := Endpoint(opts.StateDir)
+	if err != nil || url != e.URL() || ca != e.CAFile() {
+		t.Fatalf("Endpoint = %q, %q, %v; want %q, %q", url, ca, err, e.URL(), e.CAFile())
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Endpoint(opts.StateDir); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("after Close: Endpoint = %v, want fs.ErrNotExist", err)
 	}
 }
 

@@ -161,9 +161,15 @@ func (e *Emulator) handleSubnet(w http.ResponseWriter, r *http.Request, sub, rg,
 	})
 }
 
-// handleGalleryImage answers for any image of any gallery: it exists.
+// handleGalleryImage answers for an image of any gallery: it exists if
+// Options.GalleryImages names it (or is nil), else it is ARM's 404.
 // Names mentioning linux, ubuntu or debian are Linux images, others Windows.
 func (e *Emulator) handleGalleryImage(w http.ResponseWriter, r *http.Request, sub, rg, gallery, image string) {
+	if !e.imageExists(image) {
+		armError(w, http.StatusNotFound, "ResourceNotFound", fmt.Sprintf(
+			"The Resource 'Microsoft.Compute/galleries/%s/images/%s' under resource group '%s' was not found.", gallery, image, rg))
+		return
+	}
 	osType := "Windows"
 	lower := strings.ToLower(image)
 	for _, l := range []string{"linux", "ubuntu", "debian"} {
@@ -186,6 +192,32 @@ func (e *Emulator) handleGalleryImage(w http.ResponseWriter, r *http.Request, su
 	})
 }
 
+// imageExists reports whether the gallery holds an image definition named
+// name (in any gallery: galleries are not modelled).
+func (e *Emulator) imageExists(name string) bool {
+	return e.images == nil || e.images[strings.ToLower(name)]
+}
+
+// missingImage is ARM's answer to a scale-set model whose image reference
+// names a gallery image the gallery does not hold: compute refuses the
+// request at once, naming the image. ok when the model names none, or one
+// that exists.
+func (e *Emulator) missingImage(model map[string]any, location string) (rep reply, missing bool) {
+	id, _ := imageReference(model)["id"].(string)
+	seg := strings.Split(strings.Trim(id, "/"), "/")
+	for i := 0; i+3 < len(seg); i++ {
+		if strings.EqualFold(seg[i], "galleries") && strings.EqualFold(seg[i+2], "images") {
+			if e.imageExists(seg[i+3]) {
+				return reply{}, false
+			}
+			return errReply(http.StatusNotFound, "GalleryImageNotFound", fmt.Sprintf(
+				"The gallery image %s is not available in %s region. Please contact image owner to replicate to this region, or change your requested region.",
+				id, location)), true
+		}
+	}
+	return reply{}, false
+}
+
 // skuSpec is one VM size the emulator offers.
 type skuSpec struct {
 	name, family string
@@ -198,6 +230,8 @@ var skuCatalog = []skuSpec{
 	{"Standard_D2s_v3", "standardDSv3Family", 2, 8},
 	{"Standard_D4s_v3", "standardDSv3Family", 4, 16},
 	{"Standard_D8s_v3", "standardDSv3Family", 8, 32},
+	{"Standard_D2s_v5", "standardDSv5Family", 2, 8},
+	{"Standard_D4s_v5", "standardDSv5Family", 4, 16},
 	{"Standard_F2s_v2", "standardFSv2Family", 2, 4},
 	{"Standard_F4s_v2", "standardFSv2Family", 4, 8},
 }

@@ -158,10 +158,17 @@ type Azure struct {
 type EmulatorSettings struct {
 	AnalysisDuration string        `yaml:"analysis_duration"`
 	LRODelay         time.Duration `yaml:"lro_delay"`
+	// GalleryImages are the gallery images the emulator holds; a pool
+	// naming another fails as it would on Azure.
+	GalleryImages []string `yaml:"gallery_images"`
 }
 
 // Emulated reports whether the Azure provider talks to the in-process emulator.
 func (a Azure) Emulated() bool { return a.SubscriptionID == "" }
+
+// EmulatorDir is where the in-process emulator keeps its state, its CA
+// (ca.pem) and, while serve runs, its URL (endpoint).
+func (c *Config) EmulatorDir() string { return filepath.Join(c.DataDir, "emulator") }
 
 // Pool is one pool of interchangeable machines: an Azure scale set, a set of
 // libvirt domains, or a list of static machines.
@@ -284,7 +291,8 @@ func Default() *Config {
 			QuotaMachineExclusion:    5,
 			WaitForAgentBeforeReady:  true,
 			AdoptExisting:            true,
-			Emulator:                 EmulatorSettings{AnalysisDuration: "2s"},
+			Emulator: EmulatorSettings{AnalysisDuration: "2s",
+				GalleryImages: []string{DefaultPools()[0].Image}},
 		},
 		Hooks: Hooks{Timeout: 300 * time.Second},
 		Guest: Guest{AgentPort: 8000, UploadMaxSize: 100 << 20},
@@ -347,6 +355,9 @@ func (c *Config) fillPoolDefaults() {
 var schemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]{0,31}$`)
 
 var poolNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`)
+
+// galleryImageRE is what Azure allows a gallery image definition's name.
+var galleryImageRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,78}[A-Za-z0-9])?$`)
 
 // Validate checks cfg and returns every problem found, each naming its key.
 func (c *Config) Validate() error {
@@ -432,6 +443,7 @@ func (c *Config) Validate() error {
 			bad(key, "must be >= 0")
 		}
 	}
+	c.validateEmulator(bad)
 	c.validateResultServer(bad)
 	if c.Guest.AgentPort < 1 || c.Guest.AgentPort > 65535 {
 		bad("guest.agent_port", "%d is not a port", c.Guest.AgentPort)
@@ -519,6 +531,26 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateEmulator checks the in-process emulator's settings, used or not:
+// a mistake there should not wait for the day the subscription goes.
+func (c *Config) validateEmulator(bad func(key, format string, args ...any)) {
+	images := c.Azure.Emulator.GalleryImages
+	if len(images) == 0 {
+		bad("azure.emulator.gallery_images", "at least one image: a pool can only be made from an image the gallery holds")
+	}
+	seen := map[string]int{}
+	for i, name := range images {
+		key := fmt.Sprintf("azure.emulator.gallery_images[%d]", i)
+		if !galleryImageRE.MatchString(name) {
+			bad(key, "%q: use letters, digits, '.', '_' and '-', starting and ending with a letter or digit (at most 80)", name)
+		}
+		if j, dup := seen[strings.ToLower(name)]; dup {
+			bad(key, "%q already listed at [%d]", name, j)
+		}
+		seen[strings.ToLower(name)] = i
+	}
 }
 
 // validateResultServer checks where the result server listens and what

@@ -34,6 +34,24 @@ func TestDefaults(t *testing.T) {
 	if got := cfg.DatabaseURL(); got != "sqlite://sandfleet-data/sandfleet.db" {
 		t.Fatalf("DatabaseURL = %q", got)
 	}
+	// The in-process emulator's gallery holds the image the default pool needs.
+	if g := cfg.Azure.Emulator.GalleryImages; len(g) != 1 || g[0] != cfg.Pools[0].Image {
+		t.Fatalf("azure.emulator.gallery_images = %v, want [%s]", g, cfg.Pools[0].Image)
+	}
+}
+
+// A gallery in the file replaces the default one; it does not add to it.
+func TestEmulatorGallery(t *testing.T) {
+	cfg, err := load(t, "azure: {emulator: {gallery_images: [win11, ubuntu-22.04]}}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if g := cfg.Azure.Emulator.GalleryImages; len(g) != 2 || g[0] != "win11" || g[1] != "ubuntu-22.04" {
+		t.Fatalf("azure.emulator.gallery_images = %v", g)
+	}
 }
 
 func TestFileOverridesDefaults(t *testing.T) {
@@ -91,6 +109,10 @@ func TestValidationNamesTheKey(t *testing.T) {
 		{"hooks: {on_complete: [true], timeout: 0s}\n", "hooks.timeout: must be positive"},
 		{"log: {format: xml}\n", `log.format: "xml": want text or json`},
 		{"log: {level: loud}\n", `log.level: "loud": want debug, info, warn or error`},
+		{"azure: {emulator: {gallery_images: []}}\n", "azure.emulator.gallery_images: at least one image"},
+		{"azure: {emulator: {gallery_images: [win10, 'win 10']}}\n", `azure.emulator.gallery_images[1]: "win 10": use letters, digits`},
+		{"azure: {emulator: {gallery_images: [win10, -win10]}}\n", `azure.emulator.gallery_images[1]: "-win10"`},
+		{"azure: {emulator: {gallery_images: [win10, WIN10]}}\n", `azure.emulator.gallery_images[1]: "WIN10" already listed at [0]`},
 	}
 	for _, tt := range tests {
 		cfg, err := load(t, tt.yaml)

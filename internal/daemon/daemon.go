@@ -308,10 +308,11 @@ func (d *Daemon) azure() (provider.Provider, error) {
 	if ac.Emulated() {
 		emu, err := azemu.New(azemu.Options{
 			Listen:           "127.0.0.1:0",
-			StateDir:         filepath.Join(d.cfg.DataDir, "emulator"),
+			StateDir:         d.cfg.EmulatorDir(),
 			LRODelay:         ac.Emulator.LRODelay,
 			AgentPort:        d.cfg.Guest.AgentPort,
 			AnalysisDuration: ac.Emulator.AnalysisDuration,
+			GalleryImages:    ac.Emulator.GalleryImages,
 			Logger:           d.log,
 		})
 		if err != nil {

@@ -192,10 +192,26 @@ type Stats struct {
 	RoundTrips int64
 }
 
+// Schema is which migrations a database has, against those this build embeds.
+type Schema struct {
+	Applied []int // recorded in the database, ascending; none if never migrated
+	Latest  int   // the newest this build embeds
+	Pending []int // embedded and not applied, ascending
+}
+
+// Current reports whether the database has every migration this build
+// embeds, and none newer.
+func (s Schema) Current() bool {
+	return len(s.Pending) == 0 && len(s.Applied) > 0 && s.Applied[len(s.Applied)-1] == s.Latest
+}
+
 // Store is sandfleet's database. Each method is one short transaction.
 type Store interface {
 	// Migrate applies the embedded migrations; idempotent.
 	Migrate(ctx context.Context) error
+	// Schema reads which migrations the database has, changing nothing
+	// (not even creating the table that records them).
+	Schema(ctx context.Context) (Schema, error)
 	Close() error
 	// Dialect names the database: "sqlite" or "postgres".
 	Dialect() string

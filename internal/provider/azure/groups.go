@@ -81,9 +81,11 @@ func (d *Driver) SubnetID() string {
 		d.subscription, d.cfg.VNetResourceGroup, d.cfg.VNet, d.cfg.Subnet)
 }
 
-// checkImage fails early, with a readable error, when the gallery image does
-// not exist, rather than deep inside a scale-set operation.
-func (d *Driver) checkImage(ctx context.Context, image string) error {
+// CheckImage reads the gallery image definition a pool names (ImageID): nil
+// if it exists, an error wrapping provider.ErrNotFound if not. Creating or
+// updating a scale set checks first, so that a missing image fails early,
+// with a readable error, rather than deep inside a scale-set operation.
+func (d *Driver) CheckImage(ctx context.Context, image string) error {
 	if image == "" {
 		return fmt.Errorf("pool image: empty gallery image name")
 	}
@@ -195,7 +197,7 @@ func (d *Driver) CreateGroup(ctx context.Context, spec provider.PoolSpec) (provi
 	if spec.Capacity < 0 {
 		return nil, fmt.Errorf("%s: negative capacity", op)
 	}
-	if err := d.checkImage(ctx, spec.Image); err != nil {
+	if err := d.CheckImage(ctx, spec.Image); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	p, err := d.sets.BeginCreateOrUpdate(ctx, d.rg, spec.Name, d.scaleSet(spec),
@@ -220,7 +222,7 @@ func (d *Driver) DeleteGroup(ctx context.Context, name string) (provider.Op, err
 // Automatic upgrade policy, instances pick it up as they are reimaged.
 func (d *Driver) UpdateGroupImage(ctx context.Context, spec provider.PoolSpec) (provider.Op, error) {
 	op := fmt.Sprintf("update scale set %s image to %s", spec.Name, spec.Image)
-	if err := d.checkImage(ctx, spec.Image); err != nil {
+	if err := d.CheckImage(ctx, spec.Image); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	update := armcompute.VirtualMachineScaleSetUpdate{

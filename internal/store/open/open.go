@@ -40,6 +40,20 @@ func Open(ctx context.Context, dbURL string) (store.Store, error) {
 	return s, nil
 }
 
+// OpenReadOnly opens the database at dbURL to read, and does not migrate
+// it: nothing is created or written. A SQLite file that does not exist is
+// an error wrapping fs.ErrNotExist.
+func OpenReadOnly(ctx context.Context, dbURL string) (store.Store, error) {
+	scheme, rest, err := split(dbURL)
+	if err != nil {
+		return nil, err
+	}
+	if scheme == "sqlite" {
+		return sqlite.OpenReadOnly(ctx, rest)
+	}
+	return postgres.OpenReadOnly(ctx, dbURL)
+}
+
 // schemeRE is what a URL scheme looks like (RFC 3986).
 var schemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]{0,31}$`)
 

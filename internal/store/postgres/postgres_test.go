@@ -56,3 +56,22 @@ func TestLeaseUsesTheDatabaseClock(t *testing.T) {
 		t.Fatalf("node b took a lease that node a, an hour behind, had just extended: %v, %v", ok, err)
 	}
 }
+
+// A read-only handle cannot migrate, and reads what another wrote without
+// writing.
+func TestOpenReadOnly(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	ro, err := postgres.OpenReadOnly(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if err := ro.Migrate(ctx); err == nil {
+		t.Fatal("a read-only handle migrated")
+	}
+	if sc, err := ro.Schema(ctx); err != nil || len(sc.Applied) != 0 {
+		t.Fatalf("Schema read-only before migrating = %+v, %v", sc, err)
+	}
+	storetest.ReadOnly(t, url, postgres.Open, postgres.OpenReadOnly)
+}

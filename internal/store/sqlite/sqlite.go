@@ -37,7 +37,8 @@ var dialect = sqlstore.Dialect{
 	},
 	Time: func(t time.Time) any { return t.Format(timeFormat) },
 	// timeFormat starts with the hour, in UTC.
-	Hour: func(col string) string { return "substr(" + col + ", 1, 13)" },
+	Hour:       func(col string) string { return "substr(" + col + ", 1, 13)" },
+	TableQuery: `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?`,
 }
 
 // Open opens the SQLite database at path, creating the file but not its
@@ -75,6 +76,41 @@ func Open(ctx context.Context, path string) (store.Store, error) {
 	// Writers queue on one slot anyway; a few connections let reads run beside them.
 	db.SetMaxOpenConns(8)
 	db.SetMaxIdleConns(8)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("sqlite %s: %w", path, err)
+	}
+	return sqlstore.New(db, dialect), nil
+}
+
+// OpenReadOnly opens the SQLite database at path to read: it creates no
+// file, and any write fails. A database that does not exist is an error
+// wrapping fs.ErrNotExist.
+func OpenReadOnly(ctx context.Context, path string) (store.Store, error) {
+	if path == "" {
+		return nil, errors.New("sqlite: empty database path")
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite %s: %w", path, err)
+	}
+	if fi.IsDir() {
+		return nil, fmt.Errorf("sqlite %s: a directory, not a database file", path)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite %s: %w", path, err)
+	}
+	// A URI, so that SQLite itself opens the file read-only (mode=ro).
+	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs)}
+	q := url.Values{}
+	q.Set("mode", "ro")
+	q.Add("_pragma", "busy_timeout(10000)")
+	db, err := sql.Open("sqlite", "file:"+u.EscapedPath()+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("sqlite %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(2)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("sqlite %s: %w", path, err)

@@ -2,6 +2,8 @@ package sqlite_test
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,4 +50,21 @@ func TestOpenWantsAnExistingDirectory(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, "missing")); err == nil {
 		t.Error("Open created the missing directory")
 	}
+}
+
+// OpenReadOnly creates no database where there is none, and writes nothing
+// where there is one.
+func TestOpenReadOnly(t *testing.T) {
+	ctx := context.Background()
+	path := newDB(t)
+	if s, err := sqlite.OpenReadOnly(ctx, path); !errors.Is(err, fs.ErrNotExist) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("OpenReadOnly of a missing file = %v, want fs.ErrNotExist", err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("OpenReadOnly created %s", path)
+	}
+	storetest.ReadOnly(t, path, sqlite.Open, sqlite.OpenReadOnly)
 }

@@ -47,6 +47,9 @@ type Dialect struct {
 	// as text, "2006-01-02T15": hourly counts are grouped in the database,
 	// so that they cost a row an hour, not a row a task.
 	Hour func(col string) string
+	// TableQuery counts the tables named by its one parameter, in the
+	// schema sandfleet's tables are in.
+	TableQuery string
 	// ClockQuery, when set, reads the database's clock. Leases are timed by
 	// it, so that nodes whose clocks disagree still agree on expiry; without
 	// it (SQLite: one machine, one clock) the process clock is used.
@@ -342,6 +345,49 @@ func (s *Store) Migrate(ctx context.Context) error {
 		return fmt.Errorf("migrate %s: %w", s.d.Name, err)
 	}
 	return nil
+}
+
+// Schema reads schema_migrations, if the database has it, against the
+// embedded migrations. It only reads.
+func (s *Store) Schema(ctx context.Context) (store.Schema, error) {
+	ms, err := s.migrations()
+	if err != nil {
+		return store.Schema{}, err
+	}
+	var out store.Schema
+	if len(ms) > 0 {
+		out.Latest = ms[len(ms)-1].version
+	}
+	c := s.read()
+	var tables int
+	if err := c.queryRow(ctx, s.d.TableQuery, "schema_migrations").Scan(&tables); err != nil {
+		return store.Schema{}, fmt.Errorf("schema %s: %w", s.d.Name, err)
+	}
+	applied := map[int]bool{}
+	if tables > 0 {
+		rows, err := c.query(ctx, `SELECT version FROM schema_migrations ORDER BY version`)
+		if err != nil {
+			return store.Schema{}, fmt.Errorf("schema %s: %w", s.d.Name, err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var v int
+			if err := rows.Scan(&v); err != nil {
+				return store.Schema{}, fmt.Errorf("schema %s: %w", s.d.Name, err)
+			}
+			out.Applied = append(out.Applied, v)
+			applied[v] = true
+		}
+		if err := rows.Err(); err != nil {
+			return store.Schema{}, fmt.Errorf("schema %s: %w", s.d.Name, err)
+		}
+	}
+	for _, m := range ms {
+		if !applied[m.version] {
+			out.Pending = append(out.Pending, m.version)
+		}
+	}
+	return out, nil
 }
 
 // notFound wraps store.ErrNotFound when err is sql.ErrNoRows.

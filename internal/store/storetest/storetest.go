@@ -48,6 +48,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		fn   func(t *testing.T, open func(t *testing.T) store.Store)
 	}{
 		{"Migrate", testMigrate},
+		{"Schema", testSchema},
 		{"Pools", testPools},
 		{"InsertAndList", testInsertAndList},
 		{"InsertLargeBatch", testInsertLargeBatch},
@@ -163,6 +164,63 @@ func testMigrate(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 	if got := get(t, c, "m1"); got.State != store.Ready {
 		t.Errorf("after re-migrating, m1 is %s", got.State)
+	}
+}
+
+// Schema tells a database never migrated from a migrated one, and reading
+// it creates nothing: a second look finds the database as untouched.
+func testSchema(t *testing.T, open func(t *testing.T) store.Store) {
+	ctx := context.Background()
+	s := open(t)
+	for range 2 {
+		sc, err := s.Schema(ctx)
+		if err != nil {
+			t.Fatalf("Schema of an empty database: %v", err)
+		}
+		if len(sc.Applied) != 0 || sc.Latest < 1 || len(sc.Pending) == 0 || sc.Pending[len(sc.Pending)-1] != sc.Latest || sc.Current() {
+			t.Fatalf("Schema of an empty database = %+v", sc)
+		}
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := open(t).Schema(ctx)
+	if err != nil {
+		t.Fatalf("Schema of a migrated database: %v", err)
+	}
+	if len(sc.Pending) != 0 || !sc.Current() {
+		t.Fatalf("Schema of a migrated database = %+v", sc)
+	}
+}
+
+// ReadOnly checks a read-only handle, opened by openReadOnly, on the
+// database at where: it reads what a handle opened by openAt wrote, and
+// cannot write.
+func ReadOnly(t *testing.T, where string, openAt, openReadOnly func(ctx context.Context, where string) (store.Store, error)) {
+	t.Helper()
+	ctx := context.Background()
+	rw, err := openAt(ctx, where)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rw.Close()
+	if err := rw.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, rw, machine("m", "p", store.Ready))
+	ro, err := openReadOnly(ctx, where)
+	if err != nil {
+		t.Fatalf("open read-only: %v", err)
+	}
+	defer ro.Close()
+	if sc, err := ro.Schema(ctx); err != nil || !sc.Current() {
+		t.Errorf("Schema read-only = %+v, %v", sc, err)
+	}
+	if ms, err := ro.ListMachines(ctx, store.MachineFilter{}); err != nil || len(ms) != 1 {
+		t.Errorf("ListMachines read-only = %v, %v", ms, err)
+	}
+	if _, err := ro.InsertMachines(ctx, []store.Machine{machine("n", "p", store.Ready)}, "test"); err == nil {
+		t.Error("a read-only handle wrote")
 	}
 }
 

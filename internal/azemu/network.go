@@ -198,6 +198,8 @@ var skuCatalog = []skuSpec{
 	{"Standard_D2s_v3", "standardDSv3Family", 2, 8},
 	{"Standard_D4s_v3", "standardDSv3Family", 4, 16},
 	{"Standard_D8s_v3", "standardDSv3Family", 8, 32},
+	{"Standard_D2s_v5", "standardDSv5Family", 2, 8},
+	{"Standard_D4s_v5", "standardDSv5Family", 4, 16},
 	{"Standard_F2s_v2", "standardFSv2Family", 2, 4},
 	{"Standard_F4s_v2", "standardFSv2Family", 4, 8},
 }

@@ -219,6 +219,8 @@ type daemonConfig struct {
 	Database string
 	Emulator *emulator
 	Size     int
+	// MaxSize is the pool's max_size; default Size: the pool does not grow.
+	MaxSize  int
 	Interval string
 	LeaseTTL string
 	// Health is fleet.health_interval; default 30s.
@@ -271,8 +273,9 @@ pools:
     tags: [win10, x64]
     image: win10-gallery-image
     initial_size: %d
-    max_size: 20
-`, listen, c.DataDir, db, freePort(t), interval, lease, health, c.Emulator.url, filepath.Join(c.Emulator.state, "ca.pem"), c.Size) + c.Extra
+    max_size: %d
+`, listen, c.DataDir, db, freePort(t), interval, lease, health, c.Emulator.url, filepath.Join(c.Emulator.state, "ca.pem"), c.Size,
+		max(c.MaxSize, c.Size)) + c.Extra
 	path = filepath.Join(c.DataDir, "sandfleet.yaml")
 	if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
 		t.Fatal(err)

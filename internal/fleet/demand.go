@@ -26,8 +26,8 @@ import (
 // reimaged), then idle ones, newest first.
 
 // roomFresh is how long a read of the provider's room is used: quota and
-// subnet reads cost ARM calls, and growth asks on every pass.
-const roomFresh = 10 * time.Second
+// subnet reads cost ARM calls, and a pool that grows asks on every pass.
+const roomFresh = 2 * time.Second
 
 // scaling is what sizing pools remembers between passes.
 type scaling struct {

@@ -152,9 +152,14 @@ func SubnetCapacity(cidr string) (int, error) {
 // quota, less quota_machine_exclusion machines kept free, and in the
 // subnet's addresses, whichever is fewer.
 func (d *Driver) Room(ctx context.Context, inUse int) (int, string, error) {
-	vcpus, err := d.VCPUs(ctx, "")
-	if err != nil {
-		return 0, "", err
+	vcpus := int(d.vcpus.Load())
+	if vcpus == 0 {
+		n, err := d.VCPUs(ctx, "")
+		if err != nil {
+			return 0, "", err
+		}
+		vcpus = n
+		d.vcpus.Store(int64(n))
 	}
 	u, err := d.CoreUsage(ctx, "")
 	if err != nil {

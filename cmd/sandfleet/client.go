@@ -167,7 +167,7 @@ func poolsCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "POOL\tPROVIDER\tPLATFORM\tDESIRED\tACTUAL\tREADY\tLEASED\tDRIFT\tNOTE")
 			for _, p := range ps {
-				note := ""
+				note := p.LimitedBy
 				if p.Throttled {
 					note = p.Reason
 				}

@@ -151,8 +151,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 			WaitForAgent: waitForAgent, Agent: agent, HealthInterval: cfg.Fleet.HealthInterval,
 			ReimageWindow: cfg.Azure.ReimageBatchWindow, ProvisionTimeout: cfg.Timeouts.VMState, MaxConcurrentOps: cfg.Azure.MaxConcurrentOperations,
 			AdoptExisting: cfg.Azure.AdoptExisting, MultipleDeployments: cfg.Azure.MultipleDeployments,
-			Orphans: kind == "azure",
-			Holder:  holder, LeaseTTL: cfg.Fleet.LeaseTTL,
+			Orphans:       kind == "azure",
+			Overprovision: cfg.Azure.Overprovision, ScaleInDelay: cfg.Azure.MonitorInterval,
+			TotalMachinesLimit: cfg.Azure.TotalMachinesLimit, Spot: kind == "azure" && cfg.Azure.Spot,
+			Holder: holder, LeaseTTL: cfg.Fleet.LeaseTTL,
 			ResultServerIP: rsHost, ResultServerPort: rsPort,
 			Logger: log.With("provider", kind),
 		})
@@ -225,6 +227,7 @@ func (d *Daemon) runNode(ctx context.Context) error {
 	for _, o := range d.reconcilers {
 		o.Store = d.store
 		o.OnReady = func() { sch.Trigger() }
+		o.Demand = func(ctx context.Context) (map[string]int, error) { return sch.Demand(ctx) }
 		o.Metrics = d.metrics
 		recs = append(recs, fleet.New(o))
 	}
@@ -240,7 +243,7 @@ func (d *Daemon) runNode(ctx context.Context) error {
 		LeaseTTL: cfg.Fleet.LeaseTTL, DataDir: cfg.DataDir, Samples: d.samples,
 		Guest:   guest.NewClient(cfg.Guest.AgentPort, cfg.Timeouts.Critical),
 		Results: d.results, Analyzer: d.analyzer, UploadMaxSize: int64(cfg.Guest.UploadMaxSize),
-		Verify: f.Verify, Released: f.Trigger, Metrics: d.metrics, Logger: d.log.With("component", "scheduler"),
+		Verify: f.Verify, Released: f.Trigger, Grow: f.Trigger, Metrics: d.metrics, Logger: d.log.With("component", "scheduler"),
 		Hooks: hook != nil, Ended: func() {
 			if hook != nil {
 				hook.Wake()

@@ -219,12 +219,16 @@ type daemonConfig struct {
 	Database string
 	Emulator *emulator
 	Size     int
+	// MaxSize is the pool's max_size; default Size: the pool does not grow.
+	MaxSize  int
 	Interval string
 	LeaseTTL string
 	// Health is fleet.health_interval; default 30s.
 	Health string
 	// Extra is YAML appended to the file: top-level sections of its own.
 	Extra string
+	// Azure is YAML lines added to the azure section, e.g. "monitor_interval: 3s".
+	Azure []string
 }
 
 func writeConfig(t *testing.T, c daemonConfig) (path, listen string) {
@@ -241,6 +245,10 @@ func writeConfig(t *testing.T, c daemonConfig) (path, listen string) {
 	health := c.Health
 	if health == "" {
 		health = "30s"
+	}
+	azureLines := ""
+	for _, l := range c.Azure {
+		azureLines += "  " + l + "\n"
 	}
 	db := c.Database
 	if db == "" {
@@ -263,7 +271,7 @@ azure:
   credential: emulator
   sandbox_resource_group: sandfleet-e2e
   reimage_batch_window: 0s
-pools:
+%spools:
   - name: win10x64
     provider: azure
     platform: windows
@@ -271,8 +279,9 @@ pools:
     tags: [win10, x64]
     image: win10-gallery-image
     initial_size: %d
-    max_size: 20
-`, listen, c.DataDir, db, freePort(t), interval, lease, health, c.Emulator.url, filepath.Join(c.Emulator.state, "ca.pem"), c.Size) + c.Extra
+    max_size: %d
+`, listen, c.DataDir, db, freePort(t), interval, lease, health, c.Emulator.url, filepath.Join(c.Emulator.state, "ca.pem"),
+		azureLines, c.Size, max(c.MaxSize, c.Size)) + c.Extra
 	path = filepath.Join(c.DataDir, "sandfleet.yaml")
 	if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
 		t.Fatal(err)

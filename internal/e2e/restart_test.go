@@ -114,7 +114,9 @@ func TestKillDuringCreateResumes(t *testing.T) {
 func TestDriftBehindOurBack(t *testing.T) {
 	emu := startEmulator(t, t.TempDir())
 	dir := t.TempDir()
-	conf, listen := writeConfig(t, daemonConfig{DataDir: dir, Emulator: emu, Size: 3, Interval: "3s"})
+	// Room to grow: an instance an operator adds stays until the pool
+	// shrinks (azure.monitor_interval, 300 s).
+	conf, listen := writeConfig(t, daemonConfig{DataDir: dir, Emulator: emu, Size: 3, MaxSize: 20, Interval: "3s"})
 	d := startDaemon(t, conf, listen)
 	ready := d.waitReady(t, 3, 60*time.Second)
 

@@ -75,7 +75,9 @@ func (r *Reconciler) agentOverdue(m *store.Machine, silent map[string]verdict, n
 }
 
 // apply carries out a plan's actions, each batch in one short transaction.
-func (r *Reconciler) apply(ctx context.Context, p config.Pool, plan []pair) error {
+// Up to shrink dirty machines are deleted rather than reimaged: their pool is
+// shrinking. It returns how many.
+func (r *Reconciler) apply(ctx context.Context, p config.Pool, plan []pair, shrink int) (int, error) {
 	var (
 		register []store.Machine
 		moves    []store.Transition
@@ -104,8 +106,13 @@ func (r *Reconciler) apply(ctx context.Context, p config.Pool, plan []pair) erro
 					To: x.machine.State, Cause: "ip changed", IP: &x.inst.IP})
 			}
 		case MarkGone:
+			cause := "instance absent from the provider"
+			if r.o.Spot && x.machine.State != store.Deleting {
+				cause = "instance absent from the provider: evicted (Spot)"
+				r.o.Metrics.Evicted(p.Name)
+			}
 			moves = append(moves, store.Transition{Label: x.machine.Label, From: x.machine.State, Version: x.machine.Version,
-				To: store.Gone, Cause: "instance absent from the provider"})
+				To: store.Gone, Cause: cause})
 		case Redo:
 			moves = append(moves, store.Transition{Label: x.machine.Label, From: store.Reimaging, Version: x.machine.Version,
 				To: store.Dirty, Cause: "reimage operation lost; reimaging again"})
@@ -127,17 +134,37 @@ func (r *Reconciler) apply(ctx context.Context, p config.Pool, plan []pair) erro
 		}
 	}
 	if err := r.register(ctx, p, register); err != nil {
-		return err
+		return 0, err
 	}
 	if len(probe) > 0 {
 		moves = append(moves, r.probe(ctx, probe)...)
 	}
 	if err := r.move(ctx, p.Name, moves); err != nil {
-		return err
+		return 0, err
 	}
-	r.reimage(ctx, p, reimage)
+	shrunk := r.retire(ctx, p, reimage, shrink)
+	r.reimage(ctx, p, reimage[shrunk:])
 	r.deleteInstances(ctx, p, del)
-	return nil
+	return shrunk, nil
+}
+
+// retire deletes the first n dirty machines instead of reimaging them:
+// their pool is shrinking. It returns how many it took.
+func (r *Reconciler) retire(ctx context.Context, p config.Pool, dirty []*store.Machine, n int) int {
+	n = min(n, len(dirty))
+	if n == 0 {
+		return 0
+	}
+	ids := make([]string, n)
+	pre := make([]store.Transition, n)
+	for i, m := range dirty[:n] {
+		ids[i] = m.InstanceID
+		pre[i] = store.Transition{Label: m.Label, From: store.Dirty, Version: m.Version, To: store.Deleting,
+			Cause: "released while its pool shrinks: deleted instead of reimaged"}
+	}
+	r.startInstanceOp(ctx, p.Name, store.OpDelete, ids, pre,
+		func(ctx context.Context) (provider.Op, error) { return r.o.Provider.Delete(ctx, p.Name, ids) })
+	return n
 }
 
 // unreadyCause says why a ready machine leaves ready.

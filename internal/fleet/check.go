@@ -138,6 +138,10 @@ type PoolStatus struct {
 	ViewAt      string         `json:"view_at,omitempty"`
 	Throttled   bool           `json:"throttled"`
 	Reason      string         `json:"reason,omitempty"`
+	// Demand is the tasks the pool is wanted for (pending it could serve,
+	// running on it); LimitedBy why it stops short of the size they want.
+	Demand    int    `json:"demand"`
+	LimitedBy string `json:"limited_by,omitempty"`
 }
 
 // Status describes every pool from the last good view and the database,
@@ -158,6 +162,9 @@ func (r *Reconciler) Status(ctx context.Context) ([]PoolStatus, error) {
 		}
 		if !r.caps.Capacity {
 			st.Desired = len(p.Machines) // the configuration's list is the pool
+		}
+		if demand, want, limited, ok := r.Sizing(p.Name); ok {
+			st.Desired, st.Demand, st.LimitedBy = want, demand, limited
 		}
 		for _, m := range machines {
 			if m.State != store.Gone {

@@ -18,6 +18,7 @@ import (
 // pass reconciles every pool: the provider's groups first, then each pool's
 // machines, then groups no pool names any more.
 func (r *Reconciler) pass(ctx context.Context) error {
+	r.readDemand(ctx)
 	groups, err := r.o.Provider.ListGroups(ctx)
 	if err != nil {
 		if r.noteThrottle(err) {
@@ -139,11 +140,22 @@ func (r *Reconciler) reconcilePool(ctx context.Context, p config.Pool, g *provid
 		return fmt.Errorf("list machines: %w", err)
 	}
 	plan := r.plan(p, insts, machines)
-	if err := r.apply(ctx, p, plan); err != nil {
+	sized := r.caps.Capacity && g != nil && !r.ops.owned(p.Name, "")
+	var size sizing
+	if sized {
+		size = r.size(ctx, p, g.Capacity, plan)
+	}
+	shrink := 0
+	if r.caps.Delete {
+		shrink = size.excess
+	}
+	deleted, err := r.apply(ctx, p, plan, shrink)
+	if err != nil {
 		return err
 	}
-	if r.caps.Capacity && g != nil {
-		r.capacity(ctx, p, g, plan)
+	if sized {
+		size.excess -= deleted
+		r.capacity(ctx, p, g, plan, size)
 	}
 	return nil
 }
@@ -163,16 +175,13 @@ func imageMatches(ref, image string) bool {
 	return len(ref) >= len(suffix) && strings.EqualFold(ref[len(ref)-len(suffix):], suffix)
 }
 
-// capacity brings a group up to the pool's initial size, and down to its
-// maximum by deleting idle instances, newest first. It never writes a capacity
-// computed from a stale read: it reads the group fresh and sends its ETag.
-func (r *Reconciler) capacity(ctx context.Context, p config.Pool, g *provider.Group, plan []pair) {
-	if r.ops.owned(p.Name, "") {
-		return
-	}
+// capacity brings a group to its wanted size: up with a capacity write,
+// down by deleting idle instances. It never writes a capacity computed from
+// a stale read: it reads the group fresh and sends its ETag.
+func (r *Reconciler) capacity(ctx context.Context, p config.Pool, g *provider.Group, plan []pair, size sizing) {
 	switch {
-	case g.Capacity < p.InitialSize:
-		want := p.InitialSize
+	case size.want > g.Capacity:
+		want := size.want
 		r.startGroupOp(ctx, p.Name, store.OpSetCapacity, func(ctx context.Context) (provider.Op, error) {
 			fresh, err := r.o.Provider.GetGroup(ctx, p.Name)
 			if err != nil {
@@ -183,15 +192,15 @@ func (r *Reconciler) capacity(ctx context.Context, p config.Pool, g *provider.Gr
 			}
 			return r.o.Provider.SetCapacity(ctx, p.Name, want, fresh.ETag)
 		}, withCapacity(want))
-	case p.MaxSize > 0 && g.Capacity > p.MaxSize && r.caps.Delete:
-		r.scaleIn(ctx, p, g.Capacity-p.MaxSize, plan)
+	case size.excess > 0 && r.caps.Delete:
+		r.scaleIn(ctx, p, size.excess, size.want, plan)
 	}
 }
 
 // scaleIn deletes up to excess idle instances, newest first. Deletes under
 // way change the count the capacity shows, so it waits for them to land
 // rather than count them as excess too.
-func (r *Reconciler) scaleIn(ctx context.Context, p config.Pool, excess int, plan []pair) {
+func (r *Reconciler) scaleIn(ctx context.Context, p config.Pool, excess, want int, plan []pair) {
 	var idle []*store.Machine
 	for _, x := range plan {
 		if x.action == Delete || x.action == Replace || (x.machine != nil && x.machine.State == store.Deleting) ||
@@ -215,7 +224,7 @@ func (r *Reconciler) scaleIn(ctx context.Context, p config.Pool, excess int, pla
 	for i, m := range idle {
 		ids[i] = m.InstanceID
 		pre[i] = store.Transition{Label: m.Label, From: m.State, Version: m.Version, To: store.Deleting,
-			Cause: fmt.Sprintf("pool above max_size %d", p.MaxSize)}
+			Cause: shrinkCause(p, want)}
 	}
 	r.startInstanceOp(ctx, p.Name, store.OpDelete, ids, pre,
 		func(ctx context.Context) (provider.Op, error) { return r.o.Provider.Delete(ctx, p.Name, ids) })
@@ -227,4 +236,12 @@ func instanceOrder(id string) int {
 		return -1
 	}
 	return n
+}
+
+// shrinkCause says why a machine is deleted to shrink its pool.
+func shrinkCause(p config.Pool, want int) string {
+	if p.MaxSize > 0 && want == p.MaxSize {
+		return fmt.Sprintf("pool above max_size %d", p.MaxSize)
+	}
+	return fmt.Sprintf("pool shrinking to %d: demand is lower", want)
 }

@@ -83,6 +83,24 @@ type Options struct {
 	// OnReady is called after machines became ready: the scheduler has
 	// work to give them.
 	OnReady func()
+	// Demand counts, by pool, the tasks each pool is wanted for: pending
+	// ones it could serve and running ones on its machines. With it a
+	// pool's size follows its demand (demand.go); without it a pool keeps
+	// its size between initial_size and max_size.
+	Demand func(ctx context.Context) (map[string]int, error)
+	// Overprovision is the share of machines added above the demand, in
+	// percent (azure.overprovision).
+	Overprovision int
+	// ScaleInDelay is how long a pool's demand must stay below its size
+	// before it shrinks (azure.monitor_interval): a bursty queue does not
+	// make it flap.
+	ScaleInDelay time.Duration
+	// TotalMachinesLimit caps the machines of all this provider's pools
+	// together (azure.total_machines_limit); 0 = no cap.
+	TotalMachinesLimit int
+	// Spot: the pools' instances may be evicted; one that vanishes is
+	// counted as an eviction (azure.spot).
+	Spot bool
 	// Metrics records passes, operations and throttles (nil: none).
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
@@ -110,6 +128,8 @@ type Reconciler struct {
 	// probes are the failed agent probes of provisioning machines: what
 	// a machine waiting for its agent is told, kept for Why.
 	probes verdicts
+
+	scale scaling
 
 	mu        sync.Mutex
 	views     map[string]View
@@ -159,6 +179,7 @@ func New(o Options) *Reconciler {
 		agents:    verdicts{silent: map[string]verdict{}},
 		probes:    verdicts{silent: map[string]verdict{}},
 		views:     map[string]View{},
+		scale:     scaling{low: map[string]time.Time{}, limited: map[string]string{}, decided: map[string]sizing{}},
 		base:      context.Background(),
 		anomalies: map[string]bool{},
 	}

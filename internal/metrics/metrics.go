@@ -27,6 +27,7 @@ type Metrics struct {
 	throttles  *prometheus.CounterVec
 	passes     *prometheus.HistogramVec
 	hooks      *prometheus.CounterVec
+	evictions  *prometheus.CounterVec
 }
 
 // New returns the instruments, registered with the Go runtime and process
@@ -61,8 +62,12 @@ func New() *Metrics {
 			Name: "sandfleet_hooks_total",
 			Help: "hooks.on_complete runs, by outcome (ok, failed, timeout).",
 		}, []string{"outcome"}),
+		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sandfleet_evictions_total",
+			Help: "Spot instances that vanished from a pool without sandfleet deleting them, by pool.",
+		}, []string{"pool"}),
 	}
-	m.reg.MustRegister(m.lease, m.analysis, m.operations, m.throttles, m.passes, m.hooks,
+	m.reg.MustRegister(m.lease, m.analysis, m.operations, m.throttles, m.passes, m.hooks, m.evictions,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -114,5 +119,12 @@ func (m *Metrics) Pass(provider, outcome string, took time.Duration) {
 func (m *Metrics) Hook(outcome string) {
 	if m != nil {
 		m.hooks.WithLabelValues(outcome).Inc()
+	}
+}
+
+// Evicted counts a Spot instance of pool that vanished.
+func (m *Metrics) Evicted(pool string) {
+	if m != nil {
+		m.evictions.WithLabelValues(pool).Inc()
 	}
 }

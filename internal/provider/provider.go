@@ -165,6 +165,14 @@ type Capabilities struct {
 	Tokens bool
 }
 
+// Room is implemented by a provider whose pools share bounds beyond their
+// max_size: a regional core quota, a subnet's addresses.
+type Room interface {
+	// Room says how many more machines could be made now, and what bounds
+	// that number. inUse is how many instances the provider's pools hold.
+	Room(ctx context.Context, inUse int) (machines int, why string, err error)
+}
+
 // Provider is a platform driver. All methods are safe for concurrent use.
 type Provider interface {
 	// Capabilities says what this driver can do.

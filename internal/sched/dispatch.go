@@ -39,9 +39,10 @@ func (s *Scheduler) dispatch(ctx context.Context) error {
 		byLabel[m.Label] = m
 	}
 	var (
-		reqs  []store.LeaseRequest
-		now   = time.Now()
-		taken = map[string]bool{}
+		reqs    []store.LeaseRequest
+		waiting int
+		now     = time.Now()
+		taken   = map[string]bool{}
 		// Tasks asking the same are matched once: a queue of a thousand
 		// alike costs one ranking of the machines, not a thousand.
 		ranked = map[string]*ranking{}
@@ -66,6 +67,7 @@ func (s *Scheduler) dispatch(ctx context.Context) error {
 		case verdict == Unserviceable && s.o.Scheduler.FailUnserviceable:
 			s.fail(ctx, t, "no machine could ever serve this task: "+rk.unmet)
 		case verdict != Serve:
+			waiting++
 			if pt := s.o.Scheduler.PendingTimeout; pt > 0 && now.Sub(t.AddedOn) > pt {
 				why := "every machine that could serve it stayed busy"
 				if rk.unmet != "" {
@@ -80,6 +82,12 @@ func (s *Scheduler) dispatch(ctx context.Context) error {
 				MachineVersion: m.Version, Node: s.o.Node, TTL: s.o.LeaseTTL})
 		}
 	}
+	// More tasks wait than last time: a pool that could grow for them
+	// should now, not at its next pass.
+	if waiting > s.waiting {
+		s.o.Grow()
+	}
+	s.waiting = waiting
 	if len(reqs) == 0 {
 		return nil
 	}

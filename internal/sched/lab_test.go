@@ -15,6 +15,7 @@ import (
 	"github.com/sandfleet/sandfleet/internal/config"
 	"github.com/sandfleet/sandfleet/internal/fleet"
 	"github.com/sandfleet/sandfleet/internal/guest"
+	"github.com/sandfleet/sandfleet/internal/metrics"
 	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/provider/azure"
 	"github.com/sandfleet/sandfleet/internal/resultserver"
@@ -38,6 +39,7 @@ type lab struct {
 	opts    sched.Options
 	rs      *resultserver.Server
 	samples *sample.Dir
+	metrics *metrics.Metrics
 	dir     string
 	stop    func()
 }
@@ -48,6 +50,12 @@ type labConfig struct {
 	edit     func(*sched.Options)
 	node     string
 	database string // a store URL; "" is SQLite in the lab's folder
+	// demand sizes pools by the scheduler's demand, shrinking after
+	// scaleIn, with overprovision percent more machines.
+	demand        bool
+	scaleIn       time.Duration
+	overprovision int
+	azure         func(*config.Azure)
 }
 
 func logger() *slog.Logger {
@@ -83,7 +91,7 @@ func newLab(t testing.TB, c labConfig) *lab {
 	if c.node == "" {
 		c.node = "node-a"
 	}
-	l := &lab{t: t, dir: t.TempDir()}
+	l := &lab{t: t, dir: t.TempDir(), metrics: metrics.New()}
 	if c.database == "" {
 		l.st = openStore(t, filepath.Join(l.dir, "sandfleet.db"))
 	} else {
@@ -111,6 +119,9 @@ func newLab(t testing.TB, c labConfig) *lab {
 	t.Cleanup(func() { l.rs.Close() })
 	ac := config.Default().Azure
 	ac.SubscriptionID, ac.Endpoint, ac.Credential = "11111111-0000-4000-8000-000000000002", l.emu.URL(), "emulator"
+	if c.azure != nil {
+		c.azure(&ac)
+	}
 	drv, err := azure.New(ac, azure.Options{CertPool: l.emu.CertPool(), PollInterval: 50 * time.Millisecond,
 		RetryDelay: 20 * time.Millisecond, Logger: logger()})
 	if err != nil {
@@ -125,11 +136,16 @@ func newLab(t testing.TB, c labConfig) *lab {
 		t.Fatal(err)
 	}
 	rsAddr := l.rs.Addr()
-	l.rec = fleet.New(fleet.Options{Store: l.st, Provider: drv, Pools: c.pools, Interval: 300 * time.Millisecond,
+	fo := fleet.Options{Store: l.st, Provider: drv, Pools: c.pools, Interval: 300 * time.Millisecond,
 		OpTimeout: time.Minute, WaitForAgent: true, Agent: guest.NewClient(l.emu.AgentPort(), 2*time.Second),
 		HealthInterval: time.Hour, ProvisionTimeout: time.Minute, AdoptExisting: true,
 		ResultServerIP: rsAddr.IP.String(), ResultServerPort: rsAddr.Port,
-		OnReady: func() { l.sched.Trigger() }, Logger: logger()})
+		OnReady: func() { l.sched.Trigger() }, Spot: ac.Spot, Metrics: l.metrics, Logger: logger()}
+	if c.demand {
+		fo.Demand = func(ctx context.Context) (map[string]int, error) { return l.sched.Demand(ctx) }
+		fo.ScaleInDelay, fo.Overprovision, fo.TotalMachinesLimit = c.scaleIn, c.overprovision, ac.TotalMachinesLimit
+	}
+	l.rec = fleet.New(fo)
 	l.fleet = fleet.NewFleet(l.rec)
 	def := config.Default()
 	timeouts := def.Timeouts
@@ -138,6 +154,9 @@ func newLab(t testing.TB, c labConfig) *lab {
 		LeaseTTL: 2 * time.Second, DataDir: l.dir, Samples: l.samples,
 		Guest: guest.NewClient(l.emu.AgentPort(), 3*time.Second), Results: l.rs,
 		Analyzer: analyzer, Verify: l.fleet.Verify, Released: l.fleet.Trigger, Logger: logger()}
+	if c.demand {
+		l.opts.Grow = l.fleet.Trigger
+	}
 	if c.edit != nil {
 		c.edit(&l.opts)
 	}

@@ -71,6 +71,9 @@ type Options struct {
 	// Released is called when machines were released dirty or changed, to
 	// wake the reconciler.
 	Released func()
+	// Grow is called when more tasks wait for a machine than at the last
+	// dispatch: a pool that could grow should (fleet.Fleet.Trigger).
+	Grow func()
 	// Hooks: hooks.on_complete is configured, so every analysis that ends
 	// leaves its hook pending on this node, and Ended is called.
 	Hooks bool
@@ -89,6 +92,9 @@ type Scheduler struct {
 
 	paused   atomic.Bool
 	draining atomic.Bool
+	// waiting is how many tasks the last dispatch left waiting for a
+	// machine.
+	waiting int
 
 	mu   sync.Mutex
 	runs map[int64]*run // analyses this node runs, by task id
@@ -113,6 +119,9 @@ func New(o Options) *Scheduler {
 	}
 	if o.Released == nil {
 		o.Released = func() {}
+	}
+	if o.Grow == nil {
+		o.Grow = func() {}
 	}
 	if o.Ended == nil {
 		o.Ended = func() {}

@@ -22,6 +22,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -91,6 +92,10 @@ type Driver struct {
 	nics      *armnetwork.InterfacesClient
 	subnets   *armnetwork.SubnetsClient
 	transport *http.Client
+
+	// vcpus caches the vCPUs of azure.instance_type: a size does not
+	// change, and its SKU list is long.
+	vcpus atomic.Int64
 }
 
 var _ provider.Provider = (*Driver)(nil)

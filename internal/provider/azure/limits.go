@@ -147,3 +147,34 @@ func SubnetCapacity(cidr string) (int, error) {
 	n := (1 << (32 - p.Bits())) - 13
 	return max(n, 0), nil
 }
+
+// Room implements provider.Room: the machines that still fit in the core
+// quota, less quota_machine_exclusion machines kept free, and in the
+// subnet's addresses, whichever is fewer.
+func (d *Driver) Room(ctx context.Context, inUse int) (int, string, error) {
+	vcpus := int(d.vcpus.Load())
+	if vcpus == 0 {
+		n, err := d.VCPUs(ctx, "")
+		if err != nil {
+			return 0, "", err
+		}
+		vcpus = n
+		d.vcpus.Store(int64(n))
+	}
+	u, err := d.CoreUsage(ctx, "")
+	if err != nil {
+		return 0, "", err
+	}
+	keep := d.cfg.QuotaMachineExclusion * vcpus
+	n := max(0, (u.Limit-u.Current-keep)/vcpus)
+	why := fmt.Sprintf("core quota %s in %s: %d of %d cores used, %d kept free (quota_machine_exclusion %d × %d vCPUs of %s)",
+		u.Name, d.cfg.Region, u.Current, u.Limit, keep, d.cfg.QuotaMachineExclusion, vcpus, d.cfg.InstanceType)
+	subnet, err := d.SubnetLimit(ctx)
+	if err != nil {
+		return 0, "", err
+	}
+	if free := max(0, subnet-inUse); free < n {
+		n, why = free, fmt.Sprintf("subnet %s/%s holds %d machines, %d in use", d.cfg.VNet, d.cfg.Subnet, subnet, inUse)
+	}
+	return n, why, nil
+}

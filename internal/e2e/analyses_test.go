@@ -18,13 +18,13 @@ import (
 )
 
 // submit posts one file to tasks/create/file/ and returns the task id.
-func (d *daemon) submit(t *testing.T, name string, body []byte) int64 {
+func (d *daemon) submit(t testing.TB, name string, body []byte) int64 {
 	t.Helper()
 	return d.submitForm(t, name, body, map[string]string{"timeout": "30"})
 }
 
 // submitForm posts one file with form fields and returns the task id.
-func (d *daemon) submitForm(t *testing.T, name string, body []byte, fields map[string]string) int64 {
+func (d *daemon) submitForm(t testing.TB, name string, body []byte, fields map[string]string) int64 {
 	t.Helper()
 	var buf bytes.Buffer
 	mw := multipart.NewWriter(&buf)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -43,7 +44,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -73,13 +74,13 @@ func (p *proc) output() string {
 	return p.out.String()
 }
 
-func start(t *testing.T, args ...string) *proc {
+func start(t testing.TB, args ...string) *proc {
 	t.Helper()
 	return startIn(t, "", args...)
 }
 
 // startIn starts the binary with dir as its working directory ("" = ours).
-func startIn(t *testing.T, dir string, args ...string) *proc {
+func startIn(t testing.TB, dir string, args ...string) *proc {
 	t.Helper()
 	p := &proc{done: make(chan struct{})}
 	p.cmd = exec.Command(binary, args...)
@@ -125,13 +126,13 @@ type emulator struct {
 	client *http.Client
 }
 
-func startEmulator(t *testing.T, state string, extra ...string) *emulator {
+func startEmulator(t testing.TB, state string, extra ...string) *emulator {
 	t.Helper()
 	return startEmulatorOn(t, freePort(t), state, extra...)
 }
 
 // startEmulatorOn starts the emulator listening on addr.
-func startEmulatorOn(t *testing.T, addr, state string, extra ...string) *emulator {
+func startEmulatorOn(t testing.TB, addr, state string, extra ...string) *emulator {
 	t.Helper()
 	e := &emulator{url: "https://" + addr, state: state}
 	e.proc = start(t, append([]string{"emulator", "--listen", addr, "--state", state}, extra...)...)
@@ -155,7 +156,7 @@ func startEmulatorOn(t *testing.T, addr, state string, extra ...string) *emulato
 	return e
 }
 
-func (e *emulator) do(t *testing.T, method, path string, body any) []byte {
+func (e *emulator) do(t testing.TB, method, path string, body any) []byte {
 	t.Helper()
 	var r io.Reader
 	if body != nil {
@@ -179,7 +180,7 @@ func (e *emulator) do(t *testing.T, method, path string, body any) []byte {
 // request is one ARM request the emulator served.
 type request = azemu.RequestRecord
 
-func (e *emulator) requests(t *testing.T) []request {
+func (e *emulator) requests(t testing.TB) []request {
 	t.Helper()
 	var rs []request
 	if err := json.Unmarshal(e.do(t, "GET", "/_emulator/requests", nil), &rs); err != nil {
@@ -231,7 +232,7 @@ type daemonConfig struct {
 	Azure []string
 }
 
-func writeConfig(t *testing.T, c daemonConfig) (path, listen string) {
+func writeConfig(t testing.TB, c daemonConfig) (path, listen string) {
 	t.Helper()
 	listen = freePort(t)
 	interval := c.Interval
@@ -247,6 +248,9 @@ func writeConfig(t *testing.T, c daemonConfig) (path, listen string) {
 		health = "30s"
 	}
 	azureLines := ""
+	if !slices.ContainsFunc(c.Azure, func(l string) bool { return strings.HasPrefix(l, "reimage_batch_window:") }) {
+		azureLines = "  reimage_batch_window: 0s\n"
+	}
 	for _, l := range c.Azure {
 		azureLines += "  " + l + "\n"
 	}
@@ -270,7 +274,6 @@ azure:
   ca_file: %s
   credential: emulator
   sandbox_resource_group: sandfleet-e2e
-  reimage_batch_window: 0s
 %spools:
   - name: win10x64
     provider: azure
@@ -292,7 +295,7 @@ azure:
 	return path, listen
 }
 
-func startDaemon(t *testing.T, conf, listen string) *daemon {
+func startDaemon(t testing.TB, conf, listen string) *daemon {
 	t.Helper()
 	d := &daemon{api: "http://" + listen, conf: conf}
 	d.proc = start(t, "serve", "--config", conf)
@@ -323,7 +326,7 @@ type machine struct {
 	Tags       []string `json:"tags"`
 }
 
-func (d *daemon) get(t *testing.T, path string, data any) error {
+func (d *daemon) get(t testing.TB, path string, data any) error {
 	t.Helper()
 	resp, err := http.Get(d.api + path)
 	if err != nil {
@@ -344,7 +347,7 @@ func (d *daemon) get(t *testing.T, path string, data any) error {
 }
 
 // metrics scrapes /metrics with Prometheus' own parser.
-func (d *daemon) metrics(t *testing.T) metrics.Families {
+func (d *daemon) metrics(t testing.TB) metrics.Families {
 	t.Helper()
 	resp, err := http.Get(d.api + "/metrics")
 	if err != nil {
@@ -360,7 +363,7 @@ func (d *daemon) metrics(t *testing.T) metrics.Families {
 
 // metric reads the samples of family name whose labels include the pairs
 // given, summed; -1 if there is none.
-func (d *daemon) metric(t *testing.T, name string, labels ...string) float64 {
+func (d *daemon) metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
 	v, ok := d.metrics(t).Value(name, labels...)
 	if !ok {
@@ -369,7 +372,7 @@ func (d *daemon) metric(t *testing.T, name string, labels ...string) float64 {
 	return v
 }
 
-func (d *daemon) machines(t *testing.T) []machine {
+func (d *daemon) machines(t testing.TB) []machine {
 	t.Helper()
 	var ms []machine
 	if err := d.get(t, "/apiv2/machines/list/", &ms); err != nil {
@@ -389,7 +392,7 @@ func live(ms []machine) map[string]machine {
 	return out
 }
 
-func (d *daemon) waitReady(t *testing.T, n int, within time.Duration) map[string]machine {
+func (d *daemon) waitReady(t testing.TB, n int, within time.Duration) map[string]machine {
 	t.Helper()
 	var got map[string]machine
 	poll.Until(t, within, fmt.Sprintf("%d machines ready", n), func() bool {
@@ -412,7 +415,7 @@ func (d *daemon) waitReady(t *testing.T, n int, within time.Duration) map[string
 }
 
 // check runs `sandfleet check` and returns its exit code and output.
-func (d *daemon) check(t *testing.T) (int, string) {
+func (d *daemon) check(t testing.TB) (int, string) {
 	t.Helper()
 	out, err := exec.Command(binary, "check", "--server", d.api).CombinedOutput()
 	if err == nil {

@@ -227,6 +227,29 @@ func (e *Emulator) RemoveVM(setName, resourceGroup, instanceID string) (VMInfo, 
 	})
 }
 
+// EvictVM evicts a Spot VM as Azure does: with the eviction policy Delete
+// it vanishes and the capacity shrinks by one; with Deallocate it stays,
+// deallocated. A VM that is not Spot is ErrInvalid.
+func (e *Emulator) EvictVM(setName, resourceGroup, instanceID string) (VMInfo, error) {
+	return e.adminChange(setName, resourceGroup, func(s *scaleSet, _ time.Time) (VMInfo, error) {
+		v := s.lookupVM(instanceID)
+		if v == nil {
+			return VMInfo{}, fmt.Errorf("instance %s of %q: %w", instanceID, s.Name, ErrNotFound)
+		}
+		info := e.vmInfoLocked(s, v)
+		if !e.evictLocked(s, v) {
+			return VMInfo{}, fmt.Errorf("instance %s of %q is not a Spot VM: %w", instanceID, s.Name, ErrInvalid)
+		}
+		if s.VMs[v.ID] == v {
+			info = e.vmInfoLocked(s, v)
+		} else {
+			info.ProvisioningState, info.PowerState = stDeleting, pwDeallocated
+		}
+		e.log.Info("admin: VM evicted", "scale_set", s.Name, "instance_id", v.ID, "ip", v.IP)
+		return info, nil
+	})
+}
+
 // SetAgentState sets what a VM's guest agent does: "up" (answers), "down"
 // (its listener is closed), "hang" (accepts, never answers) or "fail"
 // (answers, but every analyzer it starts from now on fails: status failed,
@@ -287,6 +310,10 @@ func (e *Emulator) adminRoutes(mux *http.ServeMux) {
 	})
 	mux.HandleFunc("DELETE /_emulator/scalesets/{name}/vms/{id}", func(w http.ResponseWriter, r *http.Request) {
 		info, err := e.RemoveVM(r.PathValue("name"), r.URL.Query().Get("resource_group"), r.PathValue("id"))
+		adminReply(w, http.StatusOK, info, err)
+	})
+	mux.HandleFunc("POST /_emulator/scalesets/{name}/vms/{id}/evict", func(w http.ResponseWriter, r *http.Request) {
+		info, err := e.EvictVM(r.PathValue("name"), r.URL.Query().Get("resource_group"), r.PathValue("id"))
 		adminReply(w, http.StatusOK, info, err)
 	})
 	mux.HandleFunc("POST /_emulator/scalesets/{name}/vms/{id}/agent", func(w http.ResponseWriter, r *http.Request) {

@@ -83,6 +83,13 @@ func (e *Emulator) serveARM(w http.ResponseWriter, r *http.Request) {
 		armError(w, http.StatusUnauthorized, code, msg)
 		return
 	}
+	if seg := strings.SplitN(strings.Trim(r.URL.Path, "/"), "/", 3); len(seg) >= 2 && strings.EqualFold(seg[0], "subscriptions") {
+		e.limits.setHeaders(w, r, seg[1], start)
+	}
+	if code, msg := e.checkAPIVersion(r); code != "" {
+		armError(w, http.StatusBadRequest, code, msg)
+		return
+	}
 
 	e.mu.Lock()
 	retryAfter, throttled := e.faults.throttles(r.Method, r.URL.Path)
@@ -173,6 +180,12 @@ func (e *Emulator) route(w http.ResponseWriter, r *http.Request, body []byte) {
 	rg := seg[3]
 	switch lc[5] {
 	case "microsoft.network":
+		if n == 9 && is(6, "virtualnetworks") && is(8, "subnets") {
+			if allow(http.MethodGet) {
+				e.handleSubnets(w, r, sub, rg, seg[7])
+			}
+			return
+		}
 		if n == 10 && is(6, "virtualnetworks") && is(8, "subnets") {
 			if allow(http.MethodGet) {
 				e.handleSubnet(w, r, sub, rg, seg[7], seg[9])
@@ -327,10 +340,8 @@ func page(r *http.Request, keys []string, size int) (from, to int, nextLink stri
 	to = min(from+size, len(keys))
 	if to < len(keys) {
 		q := r.URL.Query()
+		// The caller's api-version stays in the link, as ARM keeps it.
 		q.Set("$skiptoken", keys[to-1])
-		if q.Get("api-version") == "" {
-			q.Set("api-version", computeAPIVersion)
-		}
 		nextLink = "https://" + r.Host + r.URL.EscapedPath() + "?" + q.Encode()
 	}
 	return from, to, nextLink

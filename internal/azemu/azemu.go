@@ -41,6 +41,7 @@ const (
 	DefaultAgentPort        = 8000
 	DefaultAnalysisDuration = "2s"
 	DefaultSubnetPrefix     = "10.0.0.0/22"
+	DefaultLocation         = "westeurope"
 )
 
 // Options configure an Emulator. The zero value is usable: it listens on a
@@ -72,6 +73,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Faults in force at start (see POST /_emulator/faults).
 	Faults Faults
+	// Location is the region the emulator's galleries are in, as a gallery
+	// image reports it, and the one ARM's errors name when a request has
+	// none (default westeurope, sandfleet's default azure.region).
+	Location string
 	// GalleryImages names the gallery image definitions that exist, in
 	// every gallery of every resource group; any other is not found. Nil:
 	// any image exists.
@@ -107,6 +112,7 @@ type Emulator struct {
 	agentRetry bool   // an agent could not be bound; try again
 
 	reqlog requestLog
+	limits rateLimits
 
 	lifeMu   sync.Mutex
 	started  bool
@@ -146,6 +152,9 @@ func New(opts Options) (*Emulator, error) {
 	lo, hi, err := ParseDurationRange(opts.AnalysisDuration)
 	if err != nil {
 		return nil, err
+	}
+	if opts.Location == "" {
+		opts.Location = DefaultLocation
 	}
 	if opts.SubnetPrefix == "" {
 		opts.SubnetPrefix = DefaultSubnetPrefix

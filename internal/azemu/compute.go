@@ -63,7 +63,7 @@ func (e *Emulator) send(w http.ResponseWriter, r *http.Request, rep reply, state
 		return
 	}
 	if rep.op != nil {
-		setOpHeaders(w, r, rep.op)
+		setOpHeaders(w, r, rep.op, time.Now())
 	}
 	if rep.etag != "" {
 		w.Header().Set("ETag", rep.etag)
@@ -357,7 +357,8 @@ func (e *Emulator) handlePutSet(w http.ResponseWriter, r *http.Request, sub, rg,
 		if !in.hasCap && !created {
 			capacity = s.Capacity
 		}
-		if rep, short := e.addressesShortLocked(s, capacity); short {
+		size, _ := in.sku["name"].(string)
+		if rep, refused := e.growthRefusedLocked(s, sub, name, in.location, size, in.model, capacity); refused {
 			return rep
 		}
 		state, status := stUpdating, http.StatusOK
@@ -398,16 +399,20 @@ func (e *Emulator) handlePatchSet(w http.ResponseWriter, r *http.Request, sub, r
 		if in.hasCap {
 			capacity = in.capacity
 		}
-		if rep, short := e.addressesShortLocked(s, capacity); short {
+		sku := s.SKU
+		if in.hasSKU {
+			sku = mergePatch(s.SKU, in.sku)
+		}
+		model := mergePatch(s.Model, in.model)
+		size, _ := sku["name"].(string)
+		if rep, refused := e.growthRefusedLocked(s, sub, s.Name, s.Location, size, model, capacity); refused {
 			return rep
 		}
-		if in.hasSKU {
-			s.SKU = mergePatch(s.SKU, in.sku)
-		}
+		s.SKU = sku
 		if in.hasTags {
 			s.Tags = in.tags
 		}
-		if model := mergePatch(s.Model, in.model); !reflect.DeepEqual(model, s.Model) {
+		if !reflect.DeepEqual(model, s.Model) {
 			s.Model = model
 			s.ModelGen++
 		}
@@ -582,17 +587,40 @@ func (e *Emulator) handleDeleteVM(w http.ResponseWriter, r *http.Request, sub, r
 	})
 }
 
-// handleSimulateEviction evicts a Spot VM: with the Delete eviction policy
-// it is gone, and the capacity with it.
+// handleSimulateEviction evicts a Spot VM at once (Azure does within 30
+// minutes).
 func (e *Emulator) handleSimulateEviction(w http.ResponseWriter, r *http.Request, sub, rg, name, id string) {
 	e.answer(w, r, func(time.Time) reply {
 		s, v, miss := e.vmLocked(sub, rg, name, id)
 		if v == nil {
 			return miss
 		}
-		e.removeVMLocked(s, v)
+		if !e.evictLocked(s, v) {
+			return errReply(http.StatusConflict, "OperationNotAllowed", fmt.Sprintf(
+				"Virtual machine '%s' is not a Spot virtual machine: only Spot virtual machines can be evicted.", s.vmName(v.ID)))
+		}
 		return noContent()
 	})
+}
+
+// evictLocked evicts a Spot VM as Azure does when it wants the capacity
+// back: with the Delete eviction policy the VM is gone, and the capacity
+// with it (Spot restore is not modelled); with Deallocate, the default, it
+// stays, deallocated, until started. false: v is not a Spot VM.
+func (e *Emulator) evictLocked(s *scaleSet, v *vm) bool {
+	view := s.view()
+	if !view.spot {
+		return false
+	}
+	if strings.EqualFold(view.evictionPolicy, "Delete") {
+		e.removeVMLocked(s, v)
+		return true
+	}
+	if v.State != stDeleting { // one being deleted goes anyway
+		v.State, v.Power, v.Op, v.PowerGoal = stSucceeded, pwDeallocated, "", ""
+		e.gen++
+	}
+	return true
 }
 
 func (s *scaleSet) lookupVM(id string) *vm {
@@ -802,11 +830,15 @@ type setView struct {
 	osType                       string
 	namePrefix                   string
 	spot                         bool
+	evictionPolicy               string
 }
 
-func (s *scaleSet) view() setView {
-	vmp := dig(s.Model, "properties", "virtualMachineProfile")
-	v := setView{nicName: s.Name + "-nic", ipcfgName: "ipconfig1", osType: "Windows", namePrefix: s.Name}
+func (s *scaleSet) view() setView { return viewOf(s.Name, s.Model) }
+
+// viewOf is the view of a scale set named name with model model.
+func viewOf(name string, model map[string]any) setView {
+	vmp := dig(model, "properties", "virtualMachineProfile")
+	v := setView{nicName: name + "-nic", ipcfgName: "ipconfig1", osType: "Windows", namePrefix: name}
 	if nics, ok := dig(vmp, "networkProfile", "networkInterfaceConfigurations").([]any); ok && len(nics) > 0 {
 		nic := nics[0]
 		for _, n := range nics {
@@ -837,6 +869,7 @@ func (s *scaleSet) view() setView {
 	}
 	prio, _ := dig(vmp, "priority").(string)
 	v.spot = strings.EqualFold(prio, "Spot") || strings.EqualFold(prio, "Low")
+	v.evictionPolicy, _ = dig(vmp, "evictionPolicy").(string)
 	return v
 }
 

@@ -21,22 +21,84 @@
 //     and IPs. Capacity is at most 1000.
 //   - NICs of scale-set VMs (list per set or VM, get): one per VM, its private
 //     IP being the VM's address; properties.virtualMachine.id names the VM.
-//   - Any subnet exists, with Options.SubnetPrefix.
+//   - Subnets: any subnet exists, with Options.SubnetPrefix, and lists the
+//     IP configurations of the scale-set NICs in it. A virtual network's
+//     subnet list holds "default" (the subnet Azure creates with a network)
+//     and every subnet the subscription's scale sets put NICs in.
 //   - Gallery images: those Options.GalleryImages names exist, in every
 //     gallery of every resource group, and no other (404 ResourceNotFound);
 //     with GalleryImages nil, as sandfleet emulator runs by default, any
-//     image exists. A scale set PUT, or a PATCH that names an image, whose
-//     image reference is a gallery image that does not exist is refused at
-//     once with ARM's 404 GalleryImageNotFound naming the image, and
-//     nothing changes. A gallery image is one definition: its versions are
-//     not modelled, and a model naming a version is judged by its image.
+//     image exists. Their location is Options.Location: a gallery's images
+//     are where the scale sets using them are. A scale set PUT, or a PATCH
+//     that names an image, whose image reference is a gallery image that
+//     does not exist is refused at once with ARM's 404 GalleryImageNotFound
+//     naming the image, and nothing changes. A gallery image is one
+//     definition: its versions are not modelled, and a model naming a
+//     version is judged by its image.
 //   - Resource SKUs (a few sizes with vCPUs capabilities, $filter on
 //     location) and usages (cores, lowPriorityCores, per-family vCPUs counted
-//     from the VMs, against the quota fault's limits).
+//     from the VMs, whatever their power state, against the quota fault's
+//     limits).
+//
+// Every request needs an api-version, as ARM's front door wants: none is 400
+// MissingApiVersionParameter; one that is not a date (2022-08-01, perhaps
+// with a suffix such as -preview) is 400 InvalidApiVersionParameter, which
+// lists the resource type's versions (ARM lists its own); one the resource
+// type does not accept is 400 NoRegisteredProviderFound, naming the type,
+// its versions and locations, and Options.Location as the location (ARM
+// names the resource group's). Each type accepts ARM's versions for it
+// (see apiVersions), the Go and Python SDKs' among them. Polling URLs and
+// nextLinks carry the api-version the client sent.
+//
+// Every reply says what is left of the subscription's limits, as ARM does:
+// x-ms-ratelimit-remaining-subscription-reads (GET), -deletes (DELETE) or
+// -writes (PUT, PATCH, POST), from ARM's token buckets (reads 250 refilled
+// at 25 a second, writes and deletes 200 at 10). Compute's replies add
+// x-ms-ratelimit-remaining-resource, its policies comma-separated as
+// compute sends them ("Microsoft.Compute/GetOperation3Min;49999,
+// Microsoft.Compute/GetOperation30Min;399999"). Compute publishes some of
+// its policies' names but not all their sizes; the emulator's are
+// GetOperation (polls; 50000 in 3 minutes, 400000 in 30, as seen from
+// compute), HighCostGetVMScaleSet (VM and NIC lists; 190, 900, as tools
+// watching it assume), DeleteVMScaleSet (120, 600), and, named alike,
+// GetVMScaleSet (gets; 200, 1300), HighCostGet (scale-set lists, usages;
+// 160, 800), CreateVMScaleSet (PUT, PATCH; 60, 300) and VMScaleSetActions
+// (POST actions, VM deletes; 120, 600). Gallery images and resource SKUs
+// carry none. The counts only inform: the emulator throttles only as the
+// throttle fault says.
+//
+// A scale-set PUT or PATCH that adds VMs is held, before it changes
+// anything, to what a cloud enforces:
+//
+//   - the core quota in force: one whose VMs' vCPUs would take the
+//     regional cores (lowPriorityCores for Spot VMs) past the limit is 409
+//     OperationNotAllowed, "Operation could not be completed as it results
+//     in exceeding approved Total Regional Cores quota. Additional details -
+//     Deployment Model: Resource Manager, Location: …, Current Limit: …,
+//     Current Usage: …, Additional Required: …, (Minimum) New Limit
+//     Required: …", as compute words it. Family quotas are given the
+//     regional limit, so the regional one runs out first.
+//   - the subnet's free addresses: its prefix's addresses but the five Azure
+//     keeps, less one for each NIC in it and those the subnet_used fault
+//     takes. Needing more is 400 SubnetIsFull, "Subnet <name> with address
+//     prefix <prefix> does not have enough capacity for <n> IP addresses."
+//     Overprovisioning is not modelled.
+//   - the emulator's own loopback block (SubnetIsFull too).
+//
+// Shrinking never is. The admin endpoints' VMs are not held to either.
+//
+// Spot VMs (priority Spot or Low) can be evicted (simulateEviction, or the
+// admin endpoint below), at once where Azure takes up to 30 minutes: with
+// eviction policy Delete the VM is gone and the capacity with it (Spot
+// restore is not modelled); with Deallocate, Azure's default, it stays,
+// Succeeded and deallocated. Evicting another VM is 409
+// OperationNotAllowed.
 //
 // Errors are ARM's {"error": {"code", "message"}}: ResourceNotFound,
 // ParentResourceNotFound, GalleryImageNotFound, PreconditionFailed (412),
-// InvalidParameter, TooManyRequests (429, Retry-After), InternalServerError.
+// InvalidParameter, MissingApiVersionParameter, InvalidApiVersionParameter,
+// NoRegisteredProviderFound, OperationNotAllowed (409), SubnetIsFull,
+// TooManyRequests (429, Retry-After), InternalServerError.
 //
 // # Long-running operations
 //
@@ -47,9 +109,14 @@
 // on the host the client used. The status there is InProgress until the
 // operation's end (its start plus the LRO delay in force then), then
 // Succeeded or Failed with {"error": {"code", "message"}}; with delay 0 the
-// first poll sees the end. Operations are persisted with their end time, so
-// resume tokens work across restarts, and one whose end passed while the
-// emulator was down has ended when it comes back. Unknown operations are 404.
+// first poll sees the end. The reply that begins an operation and every
+// poll of one in progress carry Retry-After, as ARM's do; its value, which
+// ARM leaves to the provider, is the emulator's truest: the seconds left
+// until the operation's end, rounded up (0 when it has ended), so that a
+// client honouring it polls once. Operations are persisted with their end
+// time, so resume tokens work across restarts, and one whose end passed
+// while the emulator was down has ended when it comes back. Unknown
+// operations are 404.
 // VMs appear at once (Creating), and move on (Succeeded, Failed, or gone)
 // when their operation ends; during reimage, restart and power actions they
 // are Updating and their agent is down.
@@ -149,7 +216,11 @@
 //	GET    /_emulator/scalesets                every scale set with its VMs (ScaleSetInfo)
 //	POST   /_emulator/scalesets/{name}/vms     add a VM out of band: capacity+1 → VMInfo
 //	DELETE /_emulator/scalesets/{name}/vms/{id}
-//	                                           lose one (eviction): capacity−1 → VMInfo
+//	                                           lose one (eviction, manual delete):
+//	                                           capacity−1 → VMInfo
+//	POST   /_emulator/scalesets/{name}/vms/{id}/evict
+//	                                           Spot eviction, by the set's eviction
+//	                                           policy (above) → VMInfo; not Spot: 400
 //	POST   /_emulator/scalesets/{name}/vms/{id}/agent
 //	                                           {"state": "up"|"down"|"hang"|"fail"} → VMInfo
 //
@@ -185,6 +256,7 @@
 //	  "operation_preempted": 1,            // or true, or {"count": 1, "match": "pool"}
 //	  "fail_provisioning": 2,
 //	  "quota": {"cores": 100, "low_priority_cores": 50},
+//	  "subnet_used": 250,
 //	  "clear": true
 //	}
 //
@@ -197,7 +269,9 @@
 // scale set fail with OperationPreempted, changing nothing.
 // fail_provisioning makes the next N VMs created end Failed (their
 // operation fails with OSProvisioningTimedOut; a reimage repairs them).
-// quota sets the usages' limits (default 5000 each).
+// quota sets the usages' limits (default 5000 each), which scale-ups are
+// held to. subnet_used is how many addresses of every subnet something
+// other than the emulator's scale sets holds: fill a subnet with it.
 //
 // Keys present replace their fault, null removes it, absent keys stay; {} or
 // "clear": true first clears everything (the LRO delay returns to

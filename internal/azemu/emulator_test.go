@@ -685,6 +685,9 @@ func TestCatalog(t *testing.T) {
 	if !strings.HasSuffix(*img.ID, "/galleries/capegallery/images/win10") || *img.Properties.OSType != armcompute.OperatingSystemTypesWindows {
 		t.Fatalf("image %s %s", *img.ID, *img.Properties.OSType)
 	}
+	if *img.Location != DefaultLocation {
+		t.Fatalf("image location %s, want the emulator's region %s", *img.Location, DefaultLocation)
+	}
 	sn, err := c.subnets.Get(ctx, "vnet-rg", "vnet", "sandbox", nil)
 	if err != nil {
 		t.Fatal(err)

@@ -29,8 +29,11 @@ type Faults struct {
 	// FailProvisioning makes the next N VMs created end in provisioningState
 	// Failed (their operation fails with OSProvisioningTimedOut).
 	FailProvisioning int `json:"fail_provisioning,omitempty"`
-	// Quota sets the limits the usages API reports.
+	// Quota sets the limits the usages API reports and scale-ups are held to.
 	Quota *Quota `json:"quota,omitempty"`
+	// SubnetUsed is how many addresses of every subnet something other
+	// than the emulator's scale sets holds.
+	SubnetUsed int `json:"subnet_used,omitempty"`
 }
 
 // Throttle describes 429 responses.
@@ -176,6 +179,9 @@ var faultFields = []struct {
 		}
 		f.Quota = q
 		return nil
+	}},
+	{"subnet_used", func(f *Faults, raw json.RawMessage) error {
+		return decodeNonNegative(raw, &f.SubnetUsed)
 	}},
 }
 

@@ -3,6 +3,8 @@ package azemu
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -143,22 +145,111 @@ func (e *Emulator) handleGetNIC(w http.ResponseWriter, r *http.Request, sub, rg,
 	})
 }
 
+// Azure keeps five addresses of every subnet for itself: the network
+// address, the gateway, two for DNS and the broadcast address.
+const subnetReserved = 5
+
+// subnetPrefixID is the id every subnet of virtual network vnet begins with.
+func subnetPrefixID(sub, rg, vnet string) string {
+	return resourceID(sub, rg, "Microsoft.Network", "virtualNetworks", vnet, "subnets") + "/"
+}
+
+// defaultSubnet is the subnet Azure creates with a virtual network, which
+// every emulated one lists.
+const defaultSubnet = "default"
+
+// handleSubnets lists the subnets of a virtual network: default, and those
+// the NICs of the subscription's scale sets are in. Any other subnet can
+// still be read.
+func (e *Emulator) handleSubnets(w http.ResponseWriter, r *http.Request, sub, rg, vnet string) {
+	e.answer(w, r, func(time.Time) reply {
+		prefix := subnetPrefixID(sub, rg, vnet)
+		names := map[string]string{defaultSubnet: defaultSubnet}
+		for _, s := range e.st.sets {
+			id := s.view().subnetID
+			if len(id) > len(prefix) && strings.EqualFold(id[:len(prefix)], prefix) && !strings.Contains(id[len(prefix):], "/") {
+				names[strings.ToLower(id[len(prefix):])] = id[len(prefix):]
+			}
+		}
+		keys := make([]string, 0, len(names))
+		for k := range names {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		return reply{status: http.StatusOK, body: e.listPage(r, keys, func(i int) any {
+			return e.renderSubnetLocked(sub, rg, vnet, names[keys[i]])
+		})}
+	})
+}
+
 // handleSubnet answers for any subnet of any virtual network: it exists, with
 // the configured address prefix.
 func (e *Emulator) handleSubnet(w http.ResponseWriter, r *http.Request, sub, rg, vnet, subnet string) {
-	id := resourceID(sub, rg, "Microsoft.Network", "virtualNetworks", vnet, "subnets", subnet)
-	writeJSON(w, http.StatusOK, map[string]any{
-		"name": subnet,
-		"id":   id,
-		"etag": `W/"00000000-0000-0000-0000-000000000001"`,
-		"type": "Microsoft.Network/virtualNetworks/subnets",
-		"properties": map[string]any{
-			"provisioningState":                 stSucceeded,
-			"addressPrefix":                     e.opts.SubnetPrefix,
-			"privateEndpointNetworkPolicies":    "Disabled",
-			"privateLinkServiceNetworkPolicies": "Enabled",
-		},
+	e.answer(w, r, func(time.Time) reply {
+		return okReply(e.renderSubnetLocked(sub, rg, vnet, subnet))
 	})
+}
+
+// renderSubnetLocked renders a subnet with the IP configurations of the
+// scale-set NICs in it, as a subnet lists those of the NICs in it.
+func (e *Emulator) renderSubnetLocked(sub, rg, vnet, name string) map[string]any {
+	id := resourceID(sub, rg, "Microsoft.Network", "virtualNetworks", vnet, "subnets", name)
+	props := map[string]any{
+		"provisioningState":                 stSucceeded,
+		"addressPrefix":                     e.opts.SubnetPrefix,
+		"privateEndpointNetworkPolicies":    "Disabled",
+		"privateLinkServiceNetworkPolicies": "Enabled",
+	}
+	var ipcs []idRef
+	for _, s := range e.setsInSubnetLocked(id) {
+		view := s.view()
+		for _, v := range s.sortedVMs() {
+			ipcs = append(ipcs, idRef{ID: nicID(s, &view, v.ID) + "/ipConfigurations/" + view.ipcfgName})
+		}
+	}
+	if len(ipcs) > 0 {
+		props["ipConfigurations"] = ipcs
+	}
+	return map[string]any{
+		"name":       name,
+		"id":         id,
+		"etag":       `W/"00000000-0000-0000-0000-000000000001"`,
+		"type":       "Microsoft.Network/virtualNetworks/subnets",
+		"properties": props,
+	}
+}
+
+// setsInSubnetLocked are the scale sets whose NICs are in subnet id, by key.
+func (e *Emulator) setsInSubnetLocked(id string) []*scaleSet {
+	var out []*scaleSet
+	for _, s := range e.st.sets {
+		if strings.EqualFold(s.view().subnetID, id) {
+			out = append(out, s)
+		}
+	}
+	slices.SortFunc(out, func(a, b *scaleSet) int { return strings.Compare(a.key(), b.key()) })
+	return out
+}
+
+// subnetFullLocked refuses n more NICs in subnet id when it has fewer free
+// addresses, as Azure refuses them: 400 SubnetIsFull, before anything
+// changes. A subnet holds its prefix's addresses but the five Azure keeps,
+// less one for each NIC in it and those the subnet_used fault takes.
+func (e *Emulator) subnetFullLocked(id string, n int) (reply, bool) {
+	if n <= 0 || id == "" {
+		return reply{}, false
+	}
+	used := int64(e.faults.SubnetUsed)
+	for _, s := range e.setsInSubnetLocked(id) {
+		used += int64(len(s.VMs))
+	}
+	p := netip.MustParsePrefix(e.opts.SubnetPrefix)
+	if bits := p.Addr().BitLen() - p.Bits(); bits < 31 && int64(1)<<bits-subnetReserved-used < int64(n) {
+		name := id[strings.LastIndex(id, "/")+1:]
+		return errReply(http.StatusBadRequest, "SubnetIsFull", fmt.Sprintf(
+			"Subnet %s with address prefix %s does not have enough capacity for %d IP addresses.", name, e.opts.SubnetPrefix, n)), true
+	}
+	return reply{}, false
 }
 
 // handleGalleryImage answers for an image of any gallery: it exists if
@@ -181,7 +272,7 @@ func (e *Emulator) handleGalleryImage(w http.ResponseWriter, r *http.Request, su
 		"name":     image,
 		"id":       resourceID(sub, rg, "Microsoft.Compute", "galleries", gallery, "images", image),
 		"type":     "Microsoft.Compute/galleries/images",
-		"location": "local",
+		"location": e.opts.Location,
 		"properties": map[string]any{
 			"osType":            osType,
 			"osState":           "Generalized",
@@ -298,37 +389,17 @@ func (e *Emulator) handleSKUs(w http.ResponseWriter, r *http.Request) {
 // VMs of the subscription's scale sets there.
 func (e *Emulator) handleUsages(w http.ResponseWriter, r *http.Request, sub, location string) {
 	e.answer(w, r, func(time.Time) reply {
-		var cores, spot, vms, sets int64
-		family := map[string]int64{}
-		for _, s := range e.st.sets {
-			if !strings.EqualFold(s.Sub, sub) || !sameLocation(s.Location, location) {
-				continue
-			}
-			sets++
-			view := s.view()
-			for _, v := range s.VMs {
-				n := vcpusOf(v.Size)
-				vms++
-				if view.spot {
-					spot += n
-					continue
-				}
-				cores += n
-				if sp, ok := skuByName(v.Size); ok {
-					family[sp.family] += n
-				}
-			}
-		}
+		u := e.usageLocked(sub, location)
 		quota := e.faults.quota()
 		type usage struct {
 			name, display string
 			cur, limit    int64
 		}
 		usages := []usage{
-			{"cores", "Total Regional vCPUs", cores, quota.Cores},
-			{"lowPriorityCores", "Total Regional Low-priority vCPUs", spot, quota.LowPriorityCores},
-			{"virtualMachines", "Virtual Machines", vms, 25000},
-			{"virtualMachineScaleSets", "Virtual Machine Scale Sets", sets, 2500},
+			{"cores", "Total Regional vCPUs", u.cores, quota.Cores},
+			{"lowPriorityCores", "Total Regional Low-priority vCPUs", u.spotCores, quota.LowPriorityCores},
+			{"virtualMachines", "Virtual Machines", u.vms, 25000},
+			{"virtualMachineScaleSets", "Virtual Machine Scale Sets", u.sets, 2500},
 		}
 		seen := map[string]bool{}
 		for _, s := range skuCatalog {
@@ -336,7 +407,7 @@ func (e *Emulator) handleUsages(w http.ResponseWriter, r *http.Request, sub, loc
 				continue
 			}
 			seen[s.family] = true
-			usages = append(usages, usage{s.family, s.family + " vCPUs", family[s.family], quota.Cores})
+			usages = append(usages, usage{s.family, s.family + " vCPUs", u.family[s.family], quota.Cores})
 		}
 		return reply{status: http.StatusOK, body: e.listPage(r, indexKeys(len(usages)), func(i int) any {
 			u := usages[i]

@@ -3,6 +3,7 @@ package azemu
 import (
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -12,9 +13,6 @@ const (
 	codeOperationPreempted    = "OperationPreempted"
 	codeOSProvisioningTimeout = "OSProvisioningTimedOut"
 )
-
-// Compute API version the emulator writes into the URLs it hands out.
-const computeAPIVersion = "2026-04-01"
 
 // beginOpLocked records a new operation on scale set s. It ends after the
 // LRO delay in force. With preempt set it changes nothing and ends Failed.
@@ -115,20 +113,31 @@ func (e *Emulator) completeLocked(o *operation) {
 }
 
 // opURLs are the Azure-AsyncOperation and Location URLs of an operation, on
-// the host the client used.
+// the host the client used and with the api-version it used, as ARM hands
+// them out.
 func opURLs(r *http.Request, o *operation) (async, location string) {
 	base := "https://" + r.Host + "/subscriptions/" + url.PathEscape(o.Sub) +
 		"/providers/Microsoft.Compute/locations/" + url.PathEscape(o.Location) +
 		"/operations/" + o.ID
-	return base + "?api-version=" + computeAPIVersion,
-		base + "?monitor=true&api-version=" + computeAPIVersion
+	v := url.QueryEscape(r.URL.Query().Get("api-version"))
+	return base + "?api-version=" + v, base + "?monitor=true&api-version=" + v
 }
 
 // setOpHeaders adds the polling headers of o to a response.
-func setOpHeaders(w http.ResponseWriter, r *http.Request, o *operation) {
+func setOpHeaders(w http.ResponseWriter, r *http.Request, o *operation, now time.Time) {
 	async, loc := opURLs(r, o)
 	w.Header().Set("Azure-AsyncOperation", async)
 	w.Header().Set("Location", loc)
+	setRetryAfter(w, o, now)
+}
+
+// setRetryAfter tells a client when to poll o: the seconds left until its
+// end, rounded up (0 once it has ended). ARM sends Retry-After with every
+// reply that begins an operation and every poll of one in progress; its
+// value is the emulator's choice, and the truest one it has.
+func setRetryAfter(w http.ResponseWriter, o *operation, now time.Time) {
+	left := max(o.End.Sub(now), 0)
+	w.Header().Set("Retry-After", strconv.FormatInt(int64((left+time.Second-1)/time.Second), 10))
 }
 
 // handleOperation answers a poll of an operation: the Azure-AsyncOperation
@@ -159,6 +168,7 @@ func (e *Emulator) handleOperation(w http.ResponseWriter, r *http.Request, sub, 
 		case "InProgress":
 			_, loc := opURLs(r, &op)
 			w.Header().Set("Location", loc)
+			setRetryAfter(w, &op, now)
 			w.WriteHeader(http.StatusAccepted)
 		case "Failed":
 			armError(w, failStatus(op.FailCode), op.FailCode, op.FailMsg)
@@ -172,7 +182,9 @@ func (e *Emulator) handleOperation(w http.ResponseWriter, r *http.Request, sub, 
 		"status":    status,
 		"startTime": op.Start,
 	}
-	if status != "InProgress" {
+	if status == "InProgress" {
+		setRetryAfter(w, &op, now)
+	} else {
 		body["endTime"] = op.End
 	}
 	if status == "Failed" {

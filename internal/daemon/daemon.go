@@ -316,6 +316,7 @@ func (d *Daemon) azure() (provider.Provider, error) {
 			AgentPort:        d.cfg.Guest.AgentPort,
 			AnalysisDuration: ac.Emulator.AnalysisDuration,
 			GalleryImages:    ac.Emulator.GalleryImages,
+			Location:         ac.Region,
 			Logger:           d.log,
 		})
 		if err != nil {

@@ -166,7 +166,7 @@ func TestSpotEvictionRetriesTheTask(t *testing.T) {
 		azure: func(a *config.Azure) { a.Spot = true }})
 	task := l.submit(1, 30)[0]
 	running := l.waitRunning(task)
-	if _, err := l.emu.RemoveVM("win10x64", "", instanceOf(running.RanOn)); err != nil {
+	if _, err := l.emu.EvictVM("win10x64", "", instanceOf(running.RanOn)); err != nil {
 		t.Fatal(err)
 	}
 	got := l.waitEnded(90*time.Second, task)[0]

@@ -335,8 +335,8 @@ func (d *Driver) revert(ctx context.Context, p config.Pool, m config.StaticMachi
 	case golibvirt.IsNotFound(err):
 		return fmt.Errorf("domain %q: %w", m.Label, provider.ErrNotFound)
 	case isNoSnapshot(err):
-		return fmt.Errorf("domain %q has no snapshot %q (snapshot-list %s; take it with sandfleet libvirt snapshot %s): %w",
-			m.Label, snap, m.Label, m.Label, err)
+		return fmt.Errorf("domain %q has no snapshot %q (take it while the guest runs clean: virsh snapshot-create-as %s %s): %w",
+			m.Label, snap, m.Label, snap, err)
 	case err != nil:
 		if _, throttled := provider.AsThrottled(err); throttled {
 			return err

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -184,15 +185,38 @@ type Pool struct {
 	Reserved     bool            `yaml:"reserved"`
 	Machines     []StaticMachine `yaml:"machines"`
 	ResetCommand string          `yaml:"reset_command"`
+	// URI is a libvirt pool's connection (default qemu:///system).
+	URI string `yaml:"uri"`
+	// Snapshot is what a libvirt pool's domains are reverted to after each
+	// use, unless a machine names its own.
+	Snapshot string `yaml:"snapshot"`
 }
 
-// StaticMachine is a machine of a static pool.
+// StaticMachine is a machine the configuration lists: a static pool's, or a
+// libvirt pool's domain (its label is the domain's name).
 type StaticMachine struct {
 	Label    string   `yaml:"label"`
 	IP       string   `yaml:"ip"`
 	Arch     string   `yaml:"arch"`
 	Platform string   `yaml:"platform"`
 	Tags     []string `yaml:"tags"`
+	// Snapshot overrides the pool's (libvirt).
+	Snapshot string `yaml:"snapshot"`
+	// ResultServerPort is the result-server port this machine reports to,
+	// its own (libvirt): guests behind one forwarded address are told apart
+	// by it, as CAPE's per-machine resultserver_port does. 0: the server's.
+	ResultServerPort int `yaml:"resultserver_port"`
+}
+
+// DefaultLibvirtURI is a libvirt pool's connection when it names none.
+const DefaultLibvirtURI = "qemu:///system"
+
+// SnapshotOf is the snapshot machine m of libvirt pool p is reverted to.
+func (p Pool) SnapshotOf(m StaticMachine) string {
+	if m.Snapshot != "" {
+		return m.Snapshot
+	}
+	return p.Snapshot
 }
 
 // Guest configures the guest-agent protocol.
@@ -334,19 +358,29 @@ func Load(path string) (*Config, error) {
 	return cfg, nil
 }
 
-// fillPoolDefaults gives a cloud pool without max_size the most it may have:
-// azure.scale_set_limit for Azure (at least initial_size), initial_size
-// otherwise.
+// fillPoolDefaults gives an Azure pool without max_size the most it may
+// have, azure.scale_set_limit (at least initial_size), and a libvirt pool
+// its default uri; a libvirt pool's image is its snapshot.
 func (c *Config) fillPoolDefaults() {
 	for i := range c.Pools {
 		p := &c.Pools[i]
-		if p.MaxSize != 0 || (p.Provider != "azure" && p.Provider != "libvirt") {
+		if p.Provider == "libvirt" {
+			if p.URI == "" {
+				p.URI = DefaultLibvirtURI
+			}
+			// image is a libvirt pool's snapshot, by either name.
+			if p.Snapshot == "" {
+				p.Snapshot = p.Image
+			}
+			if p.Image == "" {
+				p.Image = p.Snapshot
+			}
 			continue
 		}
-		p.MaxSize = p.InitialSize
-		if p.Provider == "azure" {
-			p.MaxSize = max(p.InitialSize, c.Azure.ScaleSetLimit)
+		if p.MaxSize != 0 || p.Provider != "azure" {
+			continue
 		}
+		p.MaxSize = max(p.InitialSize, c.Azure.ScaleSetLimit)
 	}
 }
 
@@ -462,6 +496,7 @@ func (c *Config) Validate() error {
 	}
 	names := map[string]int{}
 	labels := map[string]string{}
+	ports := map[int]string{}
 	for i, p := range c.Pools {
 		key := fmt.Sprintf("pools[%d]", i)
 		switch {
@@ -485,14 +520,14 @@ func (c *Config) Validate() error {
 			bad(key+".arch", "%q: want x86 or x64", p.Arch)
 		}
 		switch p.Provider {
-		case "azure", "libvirt":
+		case "azure":
 			if p.Image == "" {
 				bad(key+".image", "required for provider %s", p.Provider)
 			}
 			if p.InitialSize < 0 {
 				bad(key+".initial_size", "must be >= 0")
 			}
-			limit := p.Provider == "azure" && c.Azure.ScaleSetLimit > 0
+			limit := c.Azure.ScaleSetLimit > 0
 			switch {
 			case limit && p.InitialSize > c.Azure.ScaleSetLimit:
 				bad(key+".initial_size", "%d exceeds azure.scale_set_limit %d", p.InitialSize, c.Azure.ScaleSetLimit)
@@ -502,28 +537,26 @@ func (c *Config) Validate() error {
 				bad(key+".max_size", "%d exceeds azure.scale_set_limit %d", p.MaxSize, c.Azure.ScaleSetLimit)
 			}
 			if len(p.Machines) > 0 {
-				bad(key+".machines", "only static pools list machines")
+				bad(key+".machines", "only static and libvirt pools list machines")
 			}
+			c.validateNotLibvirt(key, p, bad)
+		case "libvirt":
+			c.validateLibvirt(key, p, labels, ports, bad)
 		case "static":
 			if len(p.Machines) == 0 {
 				bad(key+".machines", "a static pool needs at least one machine")
 			}
 			for j, m := range p.Machines {
 				mk := fmt.Sprintf("%s.machines[%d]", key, j)
-				if m.Label == "" {
-					bad(mk+".label", "required")
-				} else if other, dup := labels[m.Label]; dup {
-					bad(mk+".label", "%q already used in %s", m.Label, other)
-				} else {
-					labels[m.Label] = mk
+				validateMachine(mk, m, labels, bad)
+				if m.Snapshot != "" {
+					bad(mk+".snapshot", "only libvirt machines are reverted to a snapshot (a static pool resets with reset_command)")
 				}
-				if net.ParseIP(m.IP) == nil {
-					bad(mk+".ip", "%q is not an IP address", m.IP)
-				}
-				if m.Arch != "" && m.Arch != "x86" && m.Arch != "x64" {
-					bad(mk+".arch", "%q: want x86 or x64", m.Arch)
+				if m.ResultServerPort != 0 {
+					bad(mk+".resultserver_port", "only libvirt machines have a result-server port of their own")
 				}
 			}
+			c.validateNotLibvirt(key, p, bad)
 		case "":
 			bad(key+".provider", "required (azure, libvirt or static)")
 		default:
@@ -531,6 +564,89 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateMachine checks what every listed machine needs: a unique label,
+// an IP, an arch sandfleet knows.
+func validateMachine(mk string, m StaticMachine, labels map[string]string, bad func(key, format string, args ...any)) {
+	if m.Label == "" {
+		bad(mk+".label", "required")
+	} else if other, dup := labels[m.Label]; dup {
+		bad(mk+".label", "%q already used in %s", m.Label, other)
+	} else {
+		labels[m.Label] = mk
+	}
+	if net.ParseIP(m.IP) == nil {
+		bad(mk+".ip", "%q is not an IP address", m.IP)
+	}
+	if m.Arch != "" && m.Arch != "x86" && m.Arch != "x64" {
+		bad(mk+".arch", "%q: want x86 or x64", m.Arch)
+	}
+}
+
+// validateLibvirt checks a libvirt pool: a connection URI of the qemu
+// driver, domains listed as machines, each with a snapshot (its own or the
+// pool's) and, when it has one, a result-server port no other machine and
+// not the server's own listen port.
+func (c *Config) validateLibvirt(key string, p Pool, labels map[string]string, ports map[int]string, bad func(key, format string, args ...any)) {
+	if u, err := url.Parse(p.URI); p.URI != "" && (err != nil || !strings.HasPrefix(u.Scheme, "qemu")) {
+		bad(key+".uri", "%q: want a libvirt URI of the qemu driver (qemu:///system, qemu+ssh://host/system, …)", p.URI)
+	}
+	if p.Image != "" && p.Snapshot != "" && p.Image != p.Snapshot {
+		bad(key+".image", "%q differs from snapshot %q: a libvirt pool names its snapshot once (snapshot)", p.Image, p.Snapshot)
+	}
+	if p.InitialSize != 0 || p.MaxSize != 0 {
+		bad(key+".initial_size", "a libvirt pool is its machines: it has no initial_size or max_size")
+	}
+	if p.ResetCommand != "" {
+		bad(key+".reset_command", "a libvirt pool reverts its domains to their snapshot; reset_command is static pools'")
+	}
+	if len(p.Machines) == 0 {
+		bad(key+".machines", "a libvirt pool needs at least one machine (a domain: label is its name)")
+	}
+	_, rsPort, _ := net.SplitHostPort(c.ResultServer.Listen)
+	for j, m := range p.Machines {
+		mk := fmt.Sprintf("%s.machines[%d]", key, j)
+		validateMachine(mk, m, labels, bad)
+		if p.SnapshotOf(m) == "" {
+			bad(mk+".snapshot", "required: the machine names none and neither does %s.snapshot", key)
+		}
+		switch port := m.ResultServerPort; {
+		case port == 0:
+		case port < 1 || port > 65535:
+			bad(mk+".resultserver_port", "%d is not a port", port)
+		case strconv.Itoa(port) == rsPort:
+			bad(mk+".resultserver_port", "%d is resultserver.listen's own port: a machine's port must be its own", port)
+		case ports[port] != "":
+			bad(mk+".resultserver_port", "%d already used by %s", port, ports[port])
+		default:
+			ports[port] = mk
+		}
+	}
+}
+
+// validateNotLibvirt refuses libvirt's keys on other pools.
+func (c *Config) validateNotLibvirt(key string, p Pool, bad func(key, format string, args ...any)) {
+	if p.URI != "" {
+		bad(key+".uri", "only libvirt pools have a uri")
+	}
+	if p.Snapshot != "" {
+		bad(key+".snapshot", "only libvirt pools are reverted to a snapshot")
+	}
+}
+
+// MachinePorts are the result-server ports machines have of their own, in
+// configuration order.
+func (c *Config) MachinePorts() []int {
+	var out []int
+	for _, p := range c.Pools {
+		for _, m := range p.Machines {
+			if m.ResultServerPort != 0 {
+				out = append(out, m.ResultServerPort)
+			}
+		}
+	}
+	return out
 }
 
 // validateEmulator checks the in-process emulator's settings, used or not:

@@ -113,6 +113,26 @@ func TestValidationNamesTheKey(t *testing.T) {
 		{"azure: {emulator: {gallery_images: [win10, 'win 10']}}\n", `azure.emulator.gallery_images[1]: "win 10": use letters, digits`},
 		{"azure: {emulator: {gallery_images: [win10, -win10]}}\n", `azure.emulator.gallery_images[1]: "-win10"`},
 		{"azure: {emulator: {gallery_images: [win10, WIN10]}}\n", `azure.emulator.gallery_images[1]: "WIN10" already listed at [0]`},
+		{"pools:\n  - {name: k, provider: libvirt, platform: linux, machines: [{label: d1, ip: 127.0.0.2}]}\n",
+			"pools[0].machines[0].snapshot: required: the machine names none and neither does pools[0].snapshot"},
+		{"pools:\n  - {name: k, provider: libvirt, platform: linux, snapshot: s}\n", "pools[0].machines: a libvirt pool needs at least one machine"},
+		{"pools:\n  - {name: k, provider: libvirt, platform: linux, uri: 'vbox:///session', snapshot: s, machines: [{label: d1, ip: 127.0.0.2}]}\n",
+			`pools[0].uri: "vbox:///session": want a libvirt URI of the qemu driver`},
+		{"pools:\n  - {name: k, provider: libvirt, platform: linux, snapshot: s, initial_size: 2, machines: [{label: d1, ip: 127.0.0.2}]}\n",
+			"pools[0].initial_size: a libvirt pool is its machines"},
+		{"pools:\n  - {name: k, provider: libvirt, platform: linux, snapshot: s, image: t, machines: [{label: d1, ip: 127.0.0.2}]}\n",
+			`pools[0].image: "t" differs from snapshot "s"`},
+		{"pools:\n  - {name: k, provider: libvirt, platform: linux, snapshot: s, machines: [{label: d1, ip: 127.0.0.2, resultserver_port: 2042}]}\n",
+			"pools[0].machines[0].resultserver_port: 2042 is resultserver.listen's own port"},
+		{"pools:\n  - {name: k, provider: libvirt, platform: linux, snapshot: s, machines: [{label: d1, ip: 127.0.0.2, resultserver_port: 2100}, {label: d2, ip: 127.0.0.3, resultserver_port: 2100}]}\n",
+			"pools[0].machines[1].resultserver_port: 2100 already used by pools[0].machines[0]"},
+		{"pools:\n  - {name: k, provider: libvirt, platform: linux, snapshot: s, machines: [{label: d1, ip: 127.0.0.2, resultserver_port: 70000}]}\n",
+			"pools[0].machines[0].resultserver_port: 70000 is not a port"},
+		{"pools:\n  - {name: k, provider: libvirt, platform: linux, snapshot: s, machines: [{label: d1, ip: 127.0.0.2}]}\n  - {name: l, provider: static, platform: linux, machines: [{label: d1, ip: 127.0.0.3, snapshot: x}]}\n",
+			`pools[1].machines[0].label: "d1" already used in pools[0].machines[0]`},
+		{"pools:\n  - {name: l, provider: static, platform: linux, machines: [{label: d1, ip: 127.0.0.3, snapshot: x}]}\n",
+			"pools[0].machines[0].snapshot: only libvirt machines are reverted to a snapshot"},
+		{"pools:\n  - {name: a, provider: azure, platform: windows, image: i, snapshot: s}\n", "pools[0].snapshot: only libvirt pools"},
 	}
 	for _, tt := range tests {
 		cfg, err := load(t, tt.yaml)
@@ -167,6 +187,42 @@ func TestMaxSizeDefaultsToTheLimit(t *testing.T) {
 	}
 	if cfg.Pools[0].MaxSize != 12 {
 		t.Fatalf("max_size = %d, want azure.scale_set_limit 12", cfg.Pools[0].MaxSize)
+	}
+}
+
+func TestLibvirtPool(t *testing.T) {
+	cfg, err := load(t, `pools:
+  - name: kvm
+    provider: libvirt
+    platform: windows
+    snapshot: clean
+    machines:
+      - { label: cuckoo1, ip: 127.0.0.2, arch: x64, tags: [win10], resultserver_port: 2101 }
+      - { label: cuckoo2, ip: 127.0.0.3, arch: x86, snapshot: other, resultserver_port: 2102 }
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p := cfg.Pools[0]
+	if p.URI != DefaultLibvirtURI || p.Image != "clean" {
+		t.Errorf("uri %q, image %q; want the default %s and the snapshot as image", p.URI, p.Image, DefaultLibvirtURI)
+	}
+	if p.SnapshotOf(p.Machines[0]) != "clean" || p.SnapshotOf(p.Machines[1]) != "other" {
+		t.Errorf("snapshots %q, %q; want the pool's, then the machine's own", p.SnapshotOf(p.Machines[0]), p.SnapshotOf(p.Machines[1]))
+	}
+	if got := cfg.MachinePorts(); len(got) != 2 || got[0] != 2101 || got[1] != 2102 {
+		t.Errorf("MachinePorts = %v, want [2101 2102]", got)
+	}
+	// SPEC's image names a libvirt pool's snapshot too.
+	cfg, err = load(t, "pools:\n  - {name: k, provider: libvirt, platform: linux, image: clean, machines: [{label: d1, ip: 127.0.0.2}]}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil || cfg.Pools[0].Snapshot != "clean" {
+		t.Errorf("image as snapshot: %v, snapshot %q", err, cfg.Pools[0].Snapshot)
 	}
 }
 

@@ -30,6 +30,7 @@ import (
 	"github.com/sandfleet/sandfleet/internal/metrics"
 	"github.com/sandfleet/sandfleet/internal/provider"
 	"github.com/sandfleet/sandfleet/internal/provider/azure"
+	"github.com/sandfleet/sandfleet/internal/provider/libvirt"
 	"github.com/sandfleet/sandfleet/internal/provider/static"
 	"github.com/sandfleet/sandfleet/internal/resultserver"
 	"github.com/sandfleet/sandfleet/internal/sample"
@@ -46,6 +47,7 @@ type Daemon struct {
 	api      *api.Server
 	emulator *azemu.Emulator
 	driver   *azure.Driver
+	libvirt  *libvirt.Driver
 	listener net.Listener
 	// reconcilers are the fleet's reconcilers, Store not yet set: a
 	// reconciler is built on a store, and a database server may be down
@@ -112,7 +114,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	if cfg.Guest.Analyzer == "" {
 		log.Warn("guest.analyzer is not set: guests get the built-in stand-in analyzer, which only reports what it was given; set it to CAPE's analyzer for real analyses")
 	}
-	d.results, err = resultserver.New(resultserver.Options{Listen: cfg.ResultServer.Listen,
+	d.results, err = resultserver.New(resultserver.Options{Listen: cfg.ResultServer.Listen, MachinePorts: cfg.MachinePorts(),
 		MaxFile: int64(cfg.Guest.UploadMaxSize), Logger: log.With("component", "resultserver")})
 	if err != nil {
 		return nil, fmt.Errorf("resultserver.listen: %w", err)
@@ -142,8 +144,14 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 		case "static":
 			// A static machine is ready only while its agent answers, as any other.
 			prov, waitForAgent = static.New(pools), true
-		default:
-			return nil, fmt.Errorf("pools: provider %s is not available in this build", kind)
+		case "libvirt":
+			lv, err := libvirt.New(pools, libvirt.Options{Logger: log.With("provider", kind)})
+			if err != nil {
+				return nil, err
+			}
+			d.libvirt = lv
+			// A reverted domain is ready once its agent answers.
+			prov, waitForAgent = lv, true
 		}
 		d.reconcilers = append(d.reconcilers, fleet.Options{
 			Provider: prov, Pools: pools,
@@ -415,6 +423,9 @@ func (d *Daemon) Close() {
 	}
 	if d.emulator != nil {
 		d.emulator.Close()
+	}
+	if d.libvirt != nil {
+		d.libvirt.Close()
 	}
 	if d.results != nil {
 		d.results.Close()

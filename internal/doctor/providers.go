@@ -18,6 +18,7 @@ import (
 	"github.com/sandfleet/sandfleet/internal/config"
 	"github.com/sandfleet/sandfleet/internal/provider"
 	"github.com/sandfleet/sandfleet/internal/provider/azure"
+	"github.com/sandfleet/sandfleet/internal/provider/libvirt"
 	"github.com/sandfleet/sandfleet/internal/provider/static"
 )
 
@@ -35,10 +36,48 @@ func (r *run) providers(ctx context.Context) []Check {
 	if pools := byProvider["static"]; len(pools) > 0 {
 		out = append(out, r.bounded(ctx, func(ctx context.Context) []Check { return staticPools(ctx, pools) })...)
 	}
-	for _, p := range byProvider["libvirt"] {
-		out = append(out, fail("libvirt "+p.Name, "provider libvirt is not available in this build",
-			"make it a static pool whose reset_command reverts each domain to its snapshot "+
-				"(sandfleet import-cape writes one from CAPE's kvm.conf)"))
+	if pools := byProvider["libvirt"]; len(pools) > 0 {
+		out = append(out, r.bounded(ctx, func(ctx context.Context) []Check { return libvirtPools(ctx, pools) })...)
+	}
+	return out
+}
+
+// libvirtPools checks that libvirt answers at each pool's uri and has every
+// domain the pool lists.
+func libvirtPools(ctx context.Context, pools []config.Pool) []Check {
+	drv, err := libvirt.New(pools, libvirt.Options{})
+	if err != nil {
+		return []Check{fail("libvirt", err.Error(), "correct pools[].uri")}
+	}
+	defer drv.Close()
+	var out []Check
+	for _, p := range pools {
+		insts, err := drv.ListInstances(ctx, p.Name)
+		if err != nil {
+			out = append(out, fail("libvirt "+p.Name, err.Error(),
+				"start libvirtd (or virtqemud) on the host, and check pools[].uri "+p.URI))
+			continue
+		}
+		have := map[string]provider.Instance{}
+		for _, in := range insts {
+			have[in.ID] = in
+		}
+		var missing, names []string
+		for _, m := range p.Machines {
+			in, ok := have[m.Label]
+			if !ok {
+				missing = append(missing, m.Label)
+				continue
+			}
+			names = append(names, fmt.Sprintf("%s %s (%s, snapshot %s)", m.Label, m.IP, in.Raw, p.SnapshotOf(m)))
+		}
+		if len(missing) > 0 {
+			out = append(out, fail("libvirt "+p.Name, fmt.Sprintf("no domain %s at %s", strings.Join(missing, ", "), p.URI),
+				"define the domains (virsh define), or correct pools[].machines[].label"))
+			continue
+		}
+		out = append(out, pass("libvirt "+p.Name, fmt.Sprintf("%s at %s: %s (their agents are asked once ready)",
+			plural(len(names), "domain"), p.URI, strings.Join(names, ", "))))
 	}
 	return out
 }

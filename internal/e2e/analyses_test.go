@@ -74,13 +74,7 @@ func TestSixtyTasksThroughThreeKills(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer st.Close()
-		ended := func() int {
-			ts, err := st.ListTasks(ctx, store.TaskFilter{Statuses: []store.TaskStatus{store.TaskCompleted, store.TaskFailedAnalysis}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return len(ts)
-		}
+		ended := func() int { return countEnded(t, st) }
 		for _, at := range []int{8, 25, 42} {
 			poll.Until(t, 3*time.Minute, fmt.Sprintf("%d tasks ended", at), func() bool { return ended() >= at })
 			d.kill()
@@ -112,6 +106,16 @@ func TestSixtyTasksThroughThreeKills(t *testing.T) {
 		checkOneTaskPerMachine(t, st, ts)
 		checkReimagedBetweenUses(t, st, emu)
 	})
+}
+
+// countEnded counts the tasks that ended, completed or failed.
+func countEnded(t *testing.T, st store.Store) int {
+	t.Helper()
+	ts, err := st.ListTasks(context.Background(), store.TaskFilter{Statuses: []store.TaskStatus{store.TaskCompleted, store.TaskFailedAnalysis}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ts)
 }
 
 // checkOneTaskPerMachine rebuilds, from the task events, when each attempt

@@ -23,6 +23,7 @@ import (
 	"github.com/sandfleet/sandfleet/internal/azemu"
 	"github.com/sandfleet/sandfleet/internal/metrics"
 	"github.com/sandfleet/sandfleet/internal/poll"
+	"github.com/sandfleet/sandfleet/internal/provider/libvirt/libvirttest"
 )
 
 var binary string
@@ -41,6 +42,7 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	libvirttest.RemoveImage()
 	os.Exit(code)
 }
 

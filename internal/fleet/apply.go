@@ -287,10 +287,14 @@ func (r *Reconciler) newMachine(p config.Pool, in *provider.Instance) store.Mach
 			tags = append(tags, t)
 		}
 	}
+	port := r.o.ResultServerPort
+	if in.ResultServerPort != 0 {
+		port = in.ResultServerPort
+	}
 	return store.Machine{
 		Name: in.Name, Label: in.Name, Pool: p.Name, InstanceID: in.ID,
 		Arch: arch, IP: in.IP, Platform: platform, Snapshot: snapshot,
-		ResultServerIP: r.o.ResultServerIP, ResultServerPort: r.o.ResultServerPort,
+		ResultServerIP: r.o.ResultServerIP, ResultServerPort: port,
 		Reserved: p.Reserved, Tags: tags, State: state,
 	}
 }

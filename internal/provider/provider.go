@@ -95,6 +95,10 @@ type Instance struct {
 	Arch     string // x86 | x64, when the provider knows
 	Image    string // image or snapshot id the instance runs
 	Tags     []string
+	// ResultServerPort is the result-server port the machine reports to
+	// when it has one of its own (a libvirt guest behind a forwarded
+	// address); 0: the server's.
+	ResultServerPort int
 }
 
 // Group is a provider-side group of instances backing a pool (a scale set).
@@ -214,3 +218,50 @@ func (Done) Token() string { return "" }
 
 // Wait returns the stored error.
 func (d Done) Wait(context.Context) error { return d.Err }
+
+// Fixed is embedded by drivers of machines that exist on their own (static
+// machines, libvirt domains): their groups are the configuration's, never
+// created, resized, re-imaged to another image or deleted, their instances
+// never deleted, and nothing they begin is resumable. Each of those calls
+// fails, naming the pool, with ErrUnsupported (Resume: ErrTokenRejected, so
+// the caller re-derives from the instance list).
+type Fixed struct {
+	// Kind names the driver in errors: "static", "libvirt".
+	Kind string
+}
+
+func (f Fixed) unsupported(what, pool string) (Op, error) {
+	return nil, fmt.Errorf("%s pool %q: %s: %w", f.Kind, pool, what, ErrUnsupported)
+}
+
+// CreateGroup is unsupported: the machines exist on their own.
+func (f Fixed) CreateGroup(ctx context.Context, spec PoolSpec) (Op, error) {
+	return f.unsupported("create", spec.Name)
+}
+
+// DeleteGroup is unsupported.
+func (f Fixed) DeleteGroup(ctx context.Context, name string) (Op, error) {
+	return f.unsupported("delete", name)
+}
+
+// UpdateGroupImage is unsupported: the machines' images are not sandfleet's.
+func (f Fixed) UpdateGroupImage(ctx context.Context, spec PoolSpec) (Op, error) {
+	return f.unsupported("update image", spec.Name)
+}
+
+// SetCapacity is unsupported: the machine list is the capacity.
+func (f Fixed) SetCapacity(ctx context.Context, name string, capacity int, etag string) (Op, error) {
+	return f.unsupported("set capacity", name)
+}
+
+// Delete is unsupported: sandfleet does not destroy machines it did not make.
+func (f Fixed) Delete(ctx context.Context, name string, ids []string) (Op, error) {
+	return f.unsupported("delete instances", name)
+}
+
+// Resume rejects every token: these operations finish within Wait and have
+// nothing to re-attach to; the caller re-derives from ListInstances (a lost
+// reset or revert is done again).
+func (f Fixed) Resume(ctx context.Context, kind Kind, token string) (Op, error) {
+	return nil, fmt.Errorf("%s: resume %s: %w", f.Kind, kind, ErrTokenRejected)
+}

@@ -87,7 +87,7 @@ func FuzzStream(f *testing.F) {
 		}
 		before := outsideOf(t, base, "A")
 
-		s.handleConn(&memConn{r: bytes.NewReader(stream)})
+		s.handleConn(&memConn{r: bytes.NewReader(stream)}, 0)
 		st := s.Unregister(ipA, 1)
 
 		if d := diffTrees(before, outsideOf(t, base, "A")); d != "" {

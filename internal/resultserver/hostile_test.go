@@ -314,7 +314,7 @@ func TestRefusedBounded(t *testing.T) {
 	s := newServer(Options{})
 	dir := t.TempDir()
 	must(t, s.Register(ipA, 1, dir))
-	t1 := s.byIP[netip.MustParseAddr(ipA)]
+	t1 := s.byPeer[peer{ip: netip.MustParseAddr(ipA)}]
 	for range maxRefused + 50 {
 		t1.refuse("x")
 	}

@@ -28,6 +28,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,6 +82,13 @@ type Options struct {
 	// UnregisterWait bounds how long Unregister waits for the task's
 	// handlers once their connections are closed (default 10 s).
 	UnregisterWait time.Duration
+	// MachinePorts are ports of machines' own, listened on at Listen's
+	// host too. A connection to one belongs to the task registered for that
+	// port, whatever its peer address: guests behind one forwarded address
+	// (QEMU user networking, where every guest connects from the host's
+	// loopback) are told apart by the port they report to, as CAPE's
+	// per-machine resultserver_port does.
+	MachinePorts []int
 }
 
 func (o Options) withDefaults() Options {
@@ -136,13 +144,15 @@ type Server struct {
 	o   Options
 	log *slog.Logger
 	ln  *net.TCPListener
+	// machineLns listen on Options.MachinePorts.
+	machineLns map[int]*net.TCPListener
 
 	mu      sync.Mutex
 	closed  bool
 	started bool
-	byIP    map[netip.Addr]*task
+	byPeer  map[peer]*task
 	conns   map[net.Conn]struct{} // every open connection, for Close
-	warned  map[netip.Addr]bool   // unknown peers already logged
+	warned  map[peer]bool         // unknown peers already logged
 	wg      sync.WaitGroup        // accept loop and every connection's goroutine
 }
 
@@ -160,7 +170,37 @@ func New(o Options) (*Server, error) {
 	}
 	s := newServer(o)
 	s.ln = ln
+	for _, port := range o.MachinePorts {
+		mln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: addr.IP, Port: port, Zone: addr.Zone})
+		if err != nil {
+			s.closeListeners()
+			return nil, fmt.Errorf("resultserver listen on machine port %d: %w", port, err)
+		}
+		s.machineLns[port] = mln
+	}
 	return s, nil
+}
+
+func (s *Server) closeListeners() error {
+	err := s.ln.Close()
+	for _, mln := range s.machineLns {
+		mln.Close()
+	}
+	return err
+}
+
+// peer is what a connection is known by: its machine's port when it came
+// to one (ip unset), else its peer address (port 0).
+type peer struct {
+	ip   netip.Addr
+	port int
+}
+
+func (p peer) String() string {
+	if p.port != 0 {
+		return "machine port " + strconv.Itoa(p.port)
+	}
+	return p.ip.String()
 }
 
 // newServer builds a Server without a listener; tests drive handleConn on
@@ -168,11 +208,12 @@ func New(o Options) (*Server, error) {
 func newServer(o Options) *Server {
 	o = o.withDefaults()
 	return &Server{
-		o:      o,
-		log:    o.Logger,
-		byIP:   map[netip.Addr]*task{},
-		conns:  map[net.Conn]struct{}{},
-		warned: map[netip.Addr]bool{},
+		o:          o,
+		log:        o.Logger,
+		machineLns: map[int]*net.TCPListener{},
+		byPeer:     map[peer]*task{},
+		conns:      map[net.Conn]struct{}{},
+		warned:     map[peer]bool{},
 	}
 }
 
@@ -188,15 +229,20 @@ func (s *Server) Start() {
 		return
 	}
 	s.started = true
-	s.wg.Add(1)
-	go s.acceptLoop()
+	s.wg.Add(1 + len(s.machineLns))
+	go s.acceptLoop(s.ln, 0)
+	for port, mln := range s.machineLns {
+		go s.acceptLoop(mln, port)
+	}
 }
 
-func (s *Server) acceptLoop() {
+// acceptLoop accepts on ln; port is the machine port ln listens on, 0 for
+// the server's own.
+func (s *Server) acceptLoop(ln *net.TCPListener, port int) {
 	defer s.wg.Done()
 	var backoff time.Duration
 	for {
-		c, err := s.ln.AcceptTCP()
+		c, err := ln.AcceptTCP()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -218,14 +264,14 @@ func (s *Server) acceptLoop() {
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
-		go s.serveConn(c)
+		go s.serveConn(c, port)
 	}
 }
 
 // serveConn is one connection's goroutine. A panic in a handler is a bug,
 // but it must cost that connection only, never the daemon and its other
 // analyses.
-func (s *Server) serveConn(c net.Conn) {
+func (s *Server) serveConn(c net.Conn, port int) {
 	defer s.wg.Done()
 	defer func() {
 		s.mu.Lock()
@@ -237,39 +283,43 @@ func (s *Server) serveConn(c net.Conn) {
 			s.log.Error("resultserver handler panic", "peer", c.RemoteAddr().String(), "panic", p, "stack", string(debug.Stack()))
 		}
 	}()
-	s.handleConn(c)
+	s.handleConn(c, port)
 }
 
-// handleConn maps the peer to its task and runs the protocol; it returns
-// once c is closed and the task no longer counts it.
-func (s *Server) handleConn(c net.Conn) {
-	ip := peerAddr(c)
-	t := s.attach(ip, c)
+// handleConn maps the connection to its task — by the machine port it came
+// to, else by its peer address — and runs the protocol; it returns once c
+// is closed and the task no longer counts it.
+func (s *Server) handleConn(c net.Conn, port int) {
+	p := peer{port: port}
+	if port == 0 {
+		p.ip = peerAddr(c)
+	}
+	t := s.attach(p, c)
 	if t == nil {
 		c.Close()
 		return
 	}
 	defer t.detach(c)
 	defer c.Close() // before detach: once Unregister returns, c is closed
-	h := &handler{s: s, t: t, c: c, log: s.log.With("task", t.id, "peer", ip.String())}
+	h := &handler{s: s, t: t, c: c, log: s.log.With("task", t.id, "peer", peerAddr(c).String())}
 	h.run()
 }
 
-// attach returns the task registered for ip with c counted among its
+// attach returns the task registered for p with c counted among its
 // connections, or nil when c must be dropped.
-func (s *Server) attach(ip netip.Addr, c net.Conn) *task {
+func (s *Server) attach(p peer, c net.Conn) *task {
 	s.mu.Lock()
-	t := s.byIP[ip]
+	t := s.byPeer[p]
 	if t == nil {
 		// Logged once per address: a stray scanner or a machine whose task
 		// has ended can connect thousands of times.
-		first := !s.warned[ip] && len(s.warned) < maxWarnedPeers
+		first := !s.warned[p] && len(s.warned) < maxWarnedPeers
 		if first {
-			s.warned[ip] = true
+			s.warned[p] = true
 		}
 		s.mu.Unlock()
 		if first {
-			s.log.Warn("resultserver: connection from a peer with no task, dropped", "peer", ip.String())
+			s.log.Warn("resultserver: connection from a peer with no task, dropped", "peer", p.String())
 		}
 		return nil
 	}
@@ -283,7 +333,7 @@ func (s *Server) attach(ip netip.Addr, c net.Conn) *task {
 	t.stats.Connections++
 	if len(t.conns) >= s.o.MaxConns {
 		t.refuseLocked(fmt.Sprintf("connection: over %d open connections", s.o.MaxConns))
-		s.log.Warn("resultserver: too many connections, dropped", "task", t.id, "peer", ip.String(), "max", s.o.MaxConns)
+		s.log.Warn("resultserver: too many connections, dropped", "task", t.id, "peer", p.String(), "max", s.o.MaxConns)
 		return nil
 	}
 	t.conns[c] = struct{}{}
@@ -312,11 +362,17 @@ func canonical(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }
 // the exclusivity every upload relies on. Registering the same triple again
 // is a no-op.
 func (s *Server) Register(ip string, taskID int64, dir string) error {
-	a, err := netip.ParseAddr(ip)
+	return s.RegisterMachine(ip, 0, taskID, dir)
+}
+
+// RegisterMachine registers the machine at ip that reports to port: by the
+// port when it is one of Options.MachinePorts (the machine's own), else by
+// ip, as Register does.
+func (s *Server) RegisterMachine(ip string, port int, taskID int64, dir string) error {
+	p, err := s.peerOf(ip, port)
 	if err != nil {
-		return fmt.Errorf("resultserver register task %d: ip %q: %w", taskID, ip, err)
+		return fmt.Errorf("resultserver register task %d: %w", taskID, err)
 	}
-	a = canonical(a)
 	if dir == "" {
 		return fmt.Errorf("resultserver register task %d: empty analysis folder", taskID)
 	}
@@ -330,15 +386,15 @@ func (s *Server) Register(ip string, taskID int64, dir string) error {
 	if s.closed {
 		return fmt.Errorf("resultserver register task %d: server closed", taskID)
 	}
-	if t := s.byIP[a]; t != nil {
+	if t := s.byPeer[p]; t != nil {
 		if t.id == taskID && t.dir == abs {
 			return nil
 		}
-		return fmt.Errorf("resultserver register task %d: %s is registered to task %d", taskID, a, t.id)
+		return fmt.Errorf("resultserver register task %d: %s is registered to task %d", taskID, p, t.id)
 	}
-	for ip, t := range s.byIP {
+	for other, t := range s.byPeer {
 		if t.id == taskID {
-			return fmt.Errorf("resultserver register task %d: already registered at %s", taskID, ip)
+			return fmt.Errorf("resultserver register task %d: already registered at %s", taskID, other)
 		}
 		if t.dir == abs {
 			return fmt.Errorf("resultserver register task %d: folder %s belongs to task %d", taskID, abs, t.id)
@@ -352,36 +408,52 @@ func (s *Server) Register(ip string, taskID int64, dir string) error {
 	}
 	t := &task{id: taskID, dir: abs, root: root, conns: map[net.Conn]struct{}{}}
 	t.budget.Store(s.o.MaxAnalysis)
-	s.byIP[a] = t
-	s.log.Debug("resultserver: task registered", "task", taskID, "peer", a.String(), "dir", abs)
+	s.byPeer[p] = t
+	s.log.Debug("resultserver: task registered", "task", taskID, "peer", p.String(), "dir", abs)
 	return nil
+}
+
+// peerOf is what the machine at ip reporting to port is known by.
+func (s *Server) peerOf(ip string, port int) (peer, error) {
+	if _, own := s.machineLns[port]; own && port != 0 {
+		return peer{port: port}, nil
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return peer{}, fmt.Errorf("ip %q: %w", ip, err)
+	}
+	return peer{ip: canonical(a)}, nil
 }
 
 // Unregister forgets the mapping, closes that task's open connections, waits
 // for their handlers to finish (at most Options.UnregisterWait), and returns
 // what was received. An unknown ip/task pair returns empty Stats.
 func (s *Server) Unregister(ip string, taskID int64) Stats {
-	a, err := netip.ParseAddr(ip)
+	return s.UnregisterMachine(ip, 0, taskID)
+}
+
+// UnregisterMachine is Unregister for what RegisterMachine registered.
+func (s *Server) UnregisterMachine(ip string, port int, taskID int64) Stats {
+	p, err := s.peerOf(ip, port)
 	if err != nil {
 		s.log.Warn("resultserver unregister: bad ip", "task", taskID, "ip", ip)
 		return Stats{}
 	}
-	a = canonical(a)
 	s.mu.Lock()
-	t := s.byIP[a]
+	t := s.byPeer[p]
 	if t == nil || t.id != taskID {
 		s.mu.Unlock()
-		s.log.Warn("resultserver unregister: no such registration", "task", taskID, "peer", a.String())
+		s.log.Warn("resultserver unregister: no such registration", "task", taskID, "peer", p.String())
 		return Stats{}
 	}
-	delete(s.byIP, a)
+	delete(s.byPeer, p)
 	s.mu.Unlock()
 
 	if !t.shutdown(s.o.UnregisterWait) {
 		s.log.Error("resultserver unregister: handlers still running, their files may be incomplete", "task", taskID, "waited", s.o.UnregisterWait)
 	}
 	st := t.snapshot()
-	s.log.Info("resultserver: task unregistered", "task", taskID, "peer", a.String(),
+	s.log.Info("resultserver: task unregistered", "task", taskID, "peer", p.String(),
 		"connections", st.Connections, "files", st.Files, "bytes", st.Bytes, "truncated", st.Truncated, "refused", len(st.Refused))
 	return st
 }
@@ -397,13 +469,13 @@ func (s *Server) Close() error {
 	s.closed = true
 	var err error
 	if s.ln != nil {
-		err = s.ln.Close()
+		err = s.closeListeners()
 	}
 	for c := range s.conns {
 		c.Close()
 	}
-	tasks := s.byIP
-	s.byIP = map[netip.Addr]*task{}
+	tasks := s.byPeer
+	s.byPeer = map[peer]*task{}
 	s.mu.Unlock()
 
 	s.wg.Wait()

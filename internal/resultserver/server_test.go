@@ -501,7 +501,7 @@ func TestClose(t *testing.T) {
 // openConns is how many connections the task at ip holds open.
 func openConns(s *Server, ip string) int {
 	s.mu.Lock()
-	t := s.byIP[netip.MustParseAddr(ip)]
+	t := s.byPeer[peer{ip: netip.MustParseAddr(ip)}]
 	s.mu.Unlock()
 	if t == nil {
 		return 0

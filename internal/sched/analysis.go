@@ -88,14 +88,14 @@ func (s *Scheduler) analyze(ctx context.Context, r *run) {
 	}
 	dir, err := s.prepareDir(t)
 	if err == nil {
-		err = s.o.Results.Register(m.IP, t.ID, dir)
+		err = s.o.Results.RegisterMachine(m.IP, m.ResultServerPort, t.ID, dir)
 	}
 	if err != nil {
 		s.end(log, t, store.TaskFailedAnalysis, "analysis folder: "+err.Error())
 		return
 	}
 	err = s.runGuest(ctx, log, t, m, timeout, critical)
-	stats := s.o.Results.Unregister(m.IP, t.ID)
+	stats := s.o.Results.UnregisterMachine(m.IP, m.ResultServerPort, t.ID)
 	log = log.With("uploads", stats.Files, "bytes", stats.Bytes, "connections", stats.Connections)
 	cause := context.Cause(ctx)
 	switch {

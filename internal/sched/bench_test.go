@@ -40,8 +40,10 @@ func (g heldGuest) Wait(context.Context, string) error { return nil }
 // noResults stands in for the result server, which the held analyses never reach.
 type noResults struct{}
 
-func (noResults) Register(string, int64, string) error        { return nil }
-func (noResults) Unregister(string, int64) resultserver.Stats { return resultserver.Stats{} }
+func (noResults) RegisterMachine(string, int, int64, string) error { return nil }
+func (noResults) UnregisterMachine(string, int, int64) resultserver.Stats {
+	return resultserver.Stats{}
+}
 
 func benchStores(b *testing.B, run func(b *testing.B, url string)) {
 	b.Run("sqlite", func(b *testing.B) { run(b, "sqlite://"+filepath.Join(b.TempDir(), "bench.db")) })

@@ -39,10 +39,12 @@ type Guest interface {
 	Wait(ctx context.Context, ip string) error
 }
 
-// Results receives what analyzers send (package resultserver).
+// Results receives what analyzers send (package resultserver). A machine
+// is known by its address, or by the result-server port it reports to when
+// that port is its own.
 type Results interface {
-	Register(ip string, taskID int64, dir string) error
-	Unregister(ip string, taskID int64) resultserver.Stats
+	RegisterMachine(ip string, port int, taskID int64, dir string) error
+	UnregisterMachine(ip string, port int, taskID int64) resultserver.Stats
 }
 
 // Options configure a Scheduler.

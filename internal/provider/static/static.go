@@ -23,6 +23,7 @@ import (
 // Driver serves the static pools of a configuration. It holds no mutable state
 // and is safe for concurrent use.
 type Driver struct {
+	provider.Fixed
 	pools map[string]config.Pool
 	order []string
 }
@@ -35,7 +36,7 @@ func (d *Driver) Capabilities() provider.Capabilities { return provider.Capabili
 // New returns a driver for the pools whose provider is "static"; other pools
 // are ignored.
 func New(pools []config.Pool) *Driver {
-	d := &Driver{pools: map[string]config.Pool{}}
+	d := &Driver{Fixed: provider.Fixed{Kind: "static"}, pools: map[string]config.Pool{}}
 	for _, p := range pools {
 		if p.Provider != "static" {
 			continue
@@ -93,7 +94,7 @@ func (d *Driver) ListInstances(ctx context.Context, name string) ([]provider.Ins
 	}
 	out := make([]provider.Instance, 0, len(p.Machines))
 	for _, m := range p.Machines {
-		out = append(out, instance(p, m))
+		out = append(out, Instance(p, m))
 	}
 	return out, nil
 }
@@ -107,13 +108,15 @@ func (d *Driver) GetInstance(ctx context.Context, name, id string) (provider.Ins
 	}
 	for _, m := range p.Machines {
 		if m.Label == id {
-			return instance(p, m), nil
+			return Instance(p, m), nil
 		}
 	}
 	return provider.Instance{}, fmt.Errorf("static pool %q: machine %q: %w", name, id, provider.ErrNotFound)
 }
 
-func instance(p config.Pool, m config.StaticMachine) provider.Instance {
+// Instance is a listed machine as an instance: running as far as sandfleet
+// can tell, with its own platform, arch and tags over the pool's.
+func Instance(p config.Pool, m config.StaticMachine) provider.Instance {
 	in := provider.Instance{
 		ID:       m.Label,
 		Name:     m.Label,
@@ -139,41 +142,6 @@ func firstOf(a, b string) string {
 		return a
 	}
 	return b
-}
-
-func unsupported(what, name string) (provider.Op, error) {
-	return nil, fmt.Errorf("static pool %q: %s: %w", name, what, provider.ErrUnsupported)
-}
-
-// CreateGroup is unsupported: static machines exist on their own.
-func (d *Driver) CreateGroup(ctx context.Context, spec provider.PoolSpec) (provider.Op, error) {
-	return unsupported("create", spec.Name)
-}
-
-// DeleteGroup is unsupported.
-func (d *Driver) DeleteGroup(ctx context.Context, name string) (provider.Op, error) {
-	return unsupported("delete", name)
-}
-
-// UpdateGroupImage is unsupported: the machines' images are not sandfleet's.
-func (d *Driver) UpdateGroupImage(ctx context.Context, spec provider.PoolSpec) (provider.Op, error) {
-	return unsupported("update image", spec.Name)
-}
-
-// SetCapacity is unsupported: the machine list is the capacity.
-func (d *Driver) SetCapacity(ctx context.Context, name string, capacity int, etag string) (provider.Op, error) {
-	return unsupported("set capacity", name)
-}
-
-// Delete is unsupported: sandfleet does not destroy machines it did not make.
-func (d *Driver) Delete(ctx context.Context, name string, ids []string) (provider.Op, error) {
-	return unsupported("delete instances", name)
-}
-
-// Resume rejects every token: static operations finish within Wait and have
-// nothing to re-attach to; the caller re-derives from ListInstances.
-func (d *Driver) Resume(ctx context.Context, kind provider.Kind, token string) (provider.Op, error) {
-	return nil, fmt.Errorf("static: resume %s: %w", kind, provider.ErrTokenRejected)
 }
 
 // Reimage runs the pool's reset_command once per machine, within the returned

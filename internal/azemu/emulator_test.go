@@ -2,6 +2,7 @@ package azemu
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -921,5 +922,32 @@ func TestUnseenRestartReplacesTheAgent(t *testing.T) {
 	e.agentMu.Unlock()
 	if after == nil || after == before {
 		t.Fatal("the agent outlived its VM's restart")
+	}
+}
+
+// Readdress moves an instance to another IP, NIC and agent with it; the old
+// address answers no more.
+func TestReaddress(t *testing.T) {
+	opts := testOptions(t)
+	e := startEmulator(t, opts)
+	c := newClients(t, e)
+	createSet(t, c, "moved", 2)
+	before := ipsByID(t, c, "moved")
+	info, err := e.Readdress("moved", "", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := ipsByID(t, c, "moved")
+	if info.IP == before["1"] || after["1"] != info.IP || after["0"] != before["0"] {
+		t.Fatalf("NICs %v after readdressing 1 (was %v, reported %s)", after, before, info.IP)
+	}
+	if _, err := agentGet(info.IP, opts.AgentPort, "/", 5*time.Second); err != nil {
+		t.Fatalf("agent at the new address: %v", err)
+	}
+	if !agentRefused(before["1"], opts.AgentPort) {
+		t.Fatal("an agent still listens at the old address")
+	}
+	if _, err := e.Readdress("moved", "", "7"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("readdress of a missing instance: %v", err)
 	}
 }

@@ -72,6 +72,9 @@ type Options struct {
 	// RetryDelay is the SDK's first delay before retrying a 5xx or a lost
 	// connection (it doubles each retry); default the SDK's 800ms.
 	RetryDelay time.Duration
+	// IPRefresh is how often a list reads every NIC of a scale set again,
+	// to see an address changed behind sandfleet's back; default 3m.
+	IPRefresh time.Duration
 }
 
 // Driver is the Azure VMSS provider. It is safe for concurrent use.
@@ -84,13 +87,14 @@ type Driver struct {
 	log          *slog.Logger
 
 	sets      *armcompute.VirtualMachineScaleSetsClient
-	vms       *armcompute.VirtualMachineScaleSetVMsClient
 	images    *armcompute.GalleryImagesClient
 	skus      *armcompute.ResourceSKUsClient
 	usage     *armcompute.UsageClient
-	nics      *armnetwork.InterfacesClient
 	subnets   *armnetwork.SubnetsClient
+	arm       *arm.Client // the VM and NIC reads of reads.go
 	transport *http.Client
+
+	ips ipCache
 }
 
 var _ provider.Provider = (*Driver)(nil)
@@ -167,12 +171,16 @@ func New(cfg config.Azure, opts Options) (*Driver, error) {
 		maxWait:      opts.MaxWait,
 		log:          opts.Logger,
 		transport:    transport,
+		ips:          ipCache{every: opts.IPRefresh},
 	}
 	if d.poll <= 0 {
 		d.poll = 2 * time.Second
 	}
 	if d.maxWait <= 0 {
 		d.maxWait = 300 * time.Second
+	}
+	if d.ips.every <= 0 {
+		d.ips.every = defaultIPRefresh
 	}
 	if d.log == nil {
 		d.log = slog.Default()
@@ -187,15 +195,13 @@ func New(cfg config.Azure, opts Options) (*Driver, error) {
 	}
 	d.sets, err = armcompute.NewVirtualMachineScaleSetsClient(sub, cred, armOpts)
 	keep(err)
-	d.vms, err = armcompute.NewVirtualMachineScaleSetVMsClient(sub, cred, armOpts)
-	keep(err)
 	d.images, err = armcompute.NewGalleryImagesClient(sub, cred, armOpts)
 	keep(err)
 	d.skus, err = armcompute.NewResourceSKUsClient(sub, cred, armOpts)
 	keep(err)
 	d.usage, err = armcompute.NewUsageClient(sub, cred, armOpts)
 	keep(err)
-	d.nics, err = armnetwork.NewInterfacesClient(sub, cred, armOpts)
+	d.arm, err = arm.NewClient(readerModule, readerVersion, cred, armOpts)
 	keep(err)
 	d.subnets, err = armnetwork.NewSubnetsClient(sub, cred, armOpts)
 	keep(err)

@@ -12,7 +12,8 @@ import (
 )
 
 // ListGroups lists every scale set in the sandbox resource group, all pages,
-// owned or not: the caller decides what to do with strangers.
+// owned or not: the caller decides what to do with strangers. The IPs known
+// of scale sets no longer there are forgotten.
 func (d *Driver) ListGroups(ctx context.Context) ([]provider.Group, error) {
 	var out []provider.Group
 	pager := d.sets.NewListPager(d.rg, nil)
@@ -27,6 +28,7 @@ func (d *Driver) ListGroups(ctx context.Context) ([]provider.Group, error) {
 			}
 		}
 	}
+	d.ips.keep(out)
 	return out, nil
 }
 

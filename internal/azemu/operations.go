@@ -3,6 +3,7 @@ package azemu
 import (
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -146,10 +147,14 @@ func (e *Emulator) handleOperation(w http.ResponseWriter, r *http.Request, sub, 
 		status = o.status(now)
 	}
 	gen := e.gen
+	retryAfter := e.faults.LRORetryAfterS
 	e.mu.Unlock()
 	if status == "" {
 		armError(w, http.StatusNotFound, "ResourceNotFound", "The operation '"+id+"' was not found.")
 		return
+	}
+	if status == "InProgress" && retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
 	}
 	// Agents are up by the time a client hears that the operation succeeded.
 	_ = e.publish(gen)

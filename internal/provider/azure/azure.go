@@ -8,7 +8,9 @@
 // The driver never lets the SDK sit out a throttle: a 429 comes back at once as
 // a *provider.ThrottledError carrying Retry-After, and the caller decides when
 // to call again. Every long-running operation returns its resume token before
-// anyone waits, and Wait polls at Options.PollInterval, bounded by its context.
+// anyone waits, and Wait polls it as ARM asks, after each reply's Retry-After,
+// backing off from Options.PollInterval when there is none, bounded by its
+// context.
 package azure
 
 import (
@@ -60,7 +62,9 @@ type Options struct {
 	// CertPool is extra trust for the Resource Manager endpoint (the emulator's
 	// CA), on top of the system roots and azure.ca_file.
 	CertPool *x509.CertPool
-	// PollInterval is how often Wait polls a long-running operation; default 2s.
+	// PollInterval is the first pause between polls of a long-running
+	// operation whose replies name no Retry-After; it grows by half each
+	// poll, to five times this. Default 2s.
 	PollInterval time.Duration
 	// Logger receives a line per operation begun; default slog.Default().
 	Logger *slog.Logger

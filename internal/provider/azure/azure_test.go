@@ -814,3 +814,78 @@ func TestReaddressedInstance(t *testing.T) {
 		t.Errorf("the list after a refresh read NICs: %d pages of the scale set's, VMs %v", pages, single)
 	}
 }
+
+// pollGaps are the pauses before each poll of an operation, the first from
+// the request that began it (whose path ends in began). The read of the
+// result at its Location URL, straight after the poll that saw the end, is
+// no poll.
+func pollGaps(t *testing.T, e *azemu.Emulator, began string) []time.Duration {
+	t.Helper()
+	var (
+		gaps []time.Duration
+		last time.Time
+	)
+	for _, r := range e.Requests() {
+		switch {
+		case strings.HasSuffix(r.Path, began):
+			last = r.Time
+		case strings.Contains(r.Path, "/operations/") && !last.IsZero():
+			gaps = append(gaps, r.Time.Sub(last))
+			last = r.Time
+		}
+	}
+	if n := len(gaps); n > 1 && gaps[n-1] < 20*time.Millisecond {
+		gaps = gaps[:n-1]
+	}
+	if len(gaps) == 0 {
+		t.Fatal("no poll in the request log")
+	}
+	return gaps
+}
+
+// reimagePolls reimages the one instance of a new scale set with faults in
+// force, and returns the pauses before each poll of the reimage.
+func reimagePolls(t *testing.T, faults string) []time.Duration {
+	t.Helper()
+	e := startEmulator(t, azemu.Options{})
+	d := newDriver(t, e) // PollInterval 50ms
+	createGroup(t, d, spec.Name, 1)
+	setFaults(t, e, faults)
+	e.ClearRequests()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	op, err := d.Reimage(ctx, spec.Name, []string{"0"})
+	if err == nil {
+		err = op.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatalf("reimage: %v", err)
+	}
+	return pollGaps(t, e, "/reimage")
+}
+
+// A reply's Retry-After paces the polls of an operation, from the reply that
+// began it on, however short PollInterval is.
+func TestPollsFollowRetryAfter(t *testing.T) {
+	gaps := reimagePolls(t, `{"lro_retry_after_s": 1, "lro_delay_ms": 2500}`)
+	if len(gaps) > 4 {
+		t.Errorf("%d polls of a 2.5s operation that asked for one a second: %v", len(gaps), gaps)
+	}
+	for i, g := range gaps {
+		if g < 900*time.Millisecond {
+			t.Fatalf("poll %d came %s after the reply before, which asked for 1s: %v", i+1, g, gaps)
+		}
+	}
+}
+
+// Without Retry-After polls back off, from PollInterval up to five times it:
+// pauses of 50, 75, 112 … up to 250ms.
+func TestPollsBackOff(t *testing.T) {
+	gaps := reimagePolls(t, `{"lro_delay_ms": 2500}`)
+	if len(gaps) > 16 {
+		t.Errorf("%d polls of a 2.5s operation: no backoff from 50ms: %v", len(gaps), gaps)
+	}
+	if last := gaps[len(gaps)-1]; last < 200*time.Millisecond || last > 700*time.Millisecond {
+		t.Errorf("the last pause was %s, want about 250ms (five PollIntervals): %v", last, gaps)
+	}
+}

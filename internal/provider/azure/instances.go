@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"path"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
 
@@ -286,13 +288,14 @@ func (d *Driver) Reimage(ctx context.Context, group string, ids []string) (provi
 	if len(ids) == 0 {
 		return nil, fmt.Errorf("%s: %w", op, errNoIDs)
 	}
-	p, err := d.sets.BeginReimage(ctx, d.rg, group, &armcompute.VirtualMachineScaleSetsClientBeginReimageOptions{
+	var first *http.Response
+	p, err := d.sets.BeginReimage(policy.WithCaptureResponse(ctx, &first), d.rg, group, &armcompute.VirtualMachineScaleSetsClientBeginReimageOptions{
 		VMScaleSetReimageInput: &armcompute.VirtualMachineScaleSetReimageParameters{InstanceIDs: to.SliceOfPtrs(ids...)},
 	})
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
-	return d.begun(newOp(d, op, p), "group", group, "ids", ids), nil
+	return d.begun(newOp(d, op, p, first), "group", group, "ids", ids), nil
 }
 
 // Delete begins force-deleting instances by id; the scale set's capacity
@@ -302,13 +305,14 @@ func (d *Driver) Delete(ctx context.Context, group string, ids []string) (provid
 	if len(ids) == 0 {
 		return nil, fmt.Errorf("%s: %w", op, errNoIDs)
 	}
-	p, err := d.sets.BeginDeleteInstances(ctx, d.rg, group,
+	var first *http.Response
+	p, err := d.sets.BeginDeleteInstances(policy.WithCaptureResponse(ctx, &first), d.rg, group,
 		armcompute.VirtualMachineScaleSetVMInstanceRequiredIDs{InstanceIDs: to.SliceOfPtrs(ids...)},
 		&armcompute.VirtualMachineScaleSetsClientBeginDeleteInstancesOptions{ForceDeletion: to.Ptr(true)})
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
-	return d.begun(newOp(d, op, p), "group", group, "ids", ids), nil
+	return d.begun(newOp(d, op, p, first), "group", group, "ids", ids), nil
 }
 
 var errNoIDs = errors.New("no instance ids given")

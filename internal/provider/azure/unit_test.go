@@ -46,6 +46,11 @@ func TestParseRetryAfter(t *testing.T) {
 		if got := parseRetryAfter(tc.header, now); got != tc.want {
 			t.Errorf("%s: parseRetryAfter = %s, want %s", tc.name, got, tc.want)
 		}
+		// What falls back to the default names no usable Retry-After.
+		usable := tc.name != "absent" && tc.name != "garbage" && tc.name != "zero"
+		if got, ok := retryHint(tc.header, now); ok != usable || (ok && got != tc.want) {
+			t.Errorf("%s: retryHint = %s, %v; want %s, %v", tc.name, got, ok, tc.want, usable)
+		}
 	}
 }
 

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux
 
 package fleet_test
 
@@ -47,19 +47,22 @@ func BenchmarkRemoteRound10000(b *testing.B) { benchRemotePasses(b, 50, 200) }
 // an empty resource group, until all 10,000 machines of 50 pools are usable
 // (50 scale sets created, every VM registered, every guest agent answered).
 func BenchmarkRemoteStartup10000(b *testing.B) {
+	var cpu time.Duration
 	for range b.N {
 		b.StopTimer()
 		emu := startRemote(b)
 		st := &readyCounter{Store: benchStore(b)}
 		r := emu.reconciler(b, st, remotePools(50, 200))
-		cpu := cpuTime()
+		start := cpuTime()
 		b.StartTimer()
 		stop := run(r)
 		st.wait(b, 10000)
 		b.StopTimer()
-		b.ReportMetric((cpuTime()-cpu).Seconds()/float64(b.N), "cpu-s/op")
+		cpu += cpuTime() - start
 		stop()
+		emu.stop() // 10,000 guest agents: not one more iteration's
 	}
+	b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
 }
 
 // benchRemotePasses measures no-op passes over sets pools of size machines,
@@ -151,6 +154,7 @@ type remote struct {
 	url    string
 	roots  *x509.CertPool
 	client *http.Client
+	cmd    *exec.Cmd
 }
 
 // startRemote builds the binary and starts its emulator on a free port, with
@@ -175,14 +179,13 @@ func startRemote(b *testing.B) *remote {
 	if testing.Verbose() {
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	}
+	// It goes with this process, however this process ends.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	e := &remote{url: "https://" + addr}
+	e := &remote{url: "https://" + addr, cmd: cmd}
+	b.Cleanup(e.stop)
 	poll.Until(b, 30*time.Second, "emulator up", func() bool {
 		pem, err := os.ReadFile(filepath.Join(state, "ca.pem"))
 		if err != nil {
@@ -200,8 +203,19 @@ func startRemote(b *testing.B) *remote {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-	b.Cleanup(e.client.CloseIdleConnections)
 	return e
+}
+
+// stop kills the emulator and waits for it to be gone; again is a no-op.
+func (e *remote) stop() {
+	if e.cmd.ProcessState != nil {
+		return
+	}
+	_ = e.cmd.Process.Kill()
+	_ = e.cmd.Wait()
+	if e.client != nil {
+		e.client.CloseIdleConnections()
+	}
 }
 
 // reconciler builds a reconciler of pools as the daemon does on the emulator.

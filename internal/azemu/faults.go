@@ -18,6 +18,10 @@ type Faults struct {
 	// LRODelayMS, when set, overrides Options.LRODelay: how long a long-running
 	// operation stays InProgress.
 	LRODelayMS *int64 `json:"lro_delay_ms,omitempty"`
+	// LRORetryAfterS puts Retry-After: N on the replies of long-running
+	// operations (the reply that begins one, and every poll while it runs),
+	// as ARM does to pace its clients' polls.
+	LRORetryAfterS int `json:"lro_retry_after_s,omitempty"`
 	// ErrorRate is the probability (0..1) that an ARM request fails with 500
 	// InternalServerError before it does anything.
 	ErrorRate float64 `json:"error_rate,omitempty"`
@@ -137,6 +141,9 @@ var faultFields = []struct {
 		}
 		f.LRODelayMS = ms
 		return nil
+	}},
+	{"lro_retry_after_s", func(f *Faults, raw json.RawMessage) error {
+		return decodeNonNegative(raw, &f.LRORetryAfterS)
 	}},
 	{"error_rate", func(f *Faults, raw json.RawMessage) error {
 		var rate float64

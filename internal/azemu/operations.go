@@ -155,10 +155,18 @@ func (e *Emulator) handleOperation(w http.ResponseWriter, r *http.Request, sub, 
 		status = o.status(now)
 	}
 	gen := e.gen
+	retryAfter := e.faults.LRORetryAfterS
 	e.mu.Unlock()
 	if status == "" {
 		armError(w, http.StatusNotFound, "ResourceNotFound", "The operation '"+id+"' was not found.")
 		return
+	}
+	retry := func() {
+		if retryAfter > 0 { // the lro_retry_after_s fault overrides the time left
+			w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
+			return
+		}
+		setRetryAfter(w, &op, now)
 	}
 	// Agents are up by the time a client hears that the operation succeeded.
 	_ = e.publish(gen)
@@ -168,7 +176,7 @@ func (e *Emulator) handleOperation(w http.ResponseWriter, r *http.Request, sub, 
 		case "InProgress":
 			_, loc := opURLs(r, &op)
 			w.Header().Set("Location", loc)
-			setRetryAfter(w, &op, now)
+			retry()
 			w.WriteHeader(http.StatusAccepted)
 		case "Failed":
 			armError(w, failStatus(op.FailCode), op.FailCode, op.FailMsg)
@@ -183,7 +191,7 @@ func (e *Emulator) handleOperation(w http.ResponseWriter, r *http.Request, sub, 
 		"startTime": op.Start,
 	}
 	if status == "InProgress" {
-		setRetryAfter(w, &op, now)
+		retry()
 	} else {
 		body["endTime"] = op.End
 	}

@@ -20,7 +20,7 @@ type reply struct {
 	status     int
 	body       []byte
 	op         *operation
-	retryAfter int // seconds, with op: the lro_retry_after_s fault
+	retryAfter int // with op: the lro_retry_after_s fault, -1 when unset
 	etag       string
 	errCode    string
 	errMsg     string
@@ -51,7 +51,7 @@ func (e *Emulator) answer(w http.ResponseWriter, r *http.Request, fn func(now ti
 	var rep reply
 	err := e.locked(func(now time.Time) {
 		rep = fn(now)
-		rep.retryAfter = e.faults.LRORetryAfterS
+		rep.retryAfter = e.faults.retryAfter()
 	})
 	e.send(w, r, rep, err)
 }
@@ -68,10 +68,7 @@ func (e *Emulator) send(w http.ResponseWriter, r *http.Request, rep reply, state
 	}
 	if rep.op != nil {
 		setOpHeaders(w, r, rep.op, time.Now())
-		if rep.retryAfter > 0 {
-			// The lro_retry_after_s fault overrides the time left.
-			w.Header().Set("Retry-After", strconv.Itoa(rep.retryAfter))
-		}
+		paceRetryAfter(w.Header(), rep.retryAfter)
 	}
 	if rep.etag != "" {
 		w.Header().Set("ETag", rep.etag)

@@ -1024,8 +1024,8 @@ func TestReaddress(t *testing.T) {
 }
 
 // With lro_retry_after_s the reply that begins an operation and its polls
-// while it runs carry Retry-After; its end does not, nor does anything
-// without the fault.
+// while it runs carry that Retry-After (without it, the seconds left); its
+// end does not; with 0 none does.
 func TestLRORetryAfter(t *testing.T) {
 	e := startEmulator(t, testOptions(t))
 	c := newClients(t, e)
@@ -1039,8 +1039,9 @@ func TestLRORetryAfter(t *testing.T) {
 		}
 		return p, first
 	}
+	setFaults(t, e, `{"lro_retry_after_s": 0}`)
 	if _, first := reimage(); first.Header.Get("Retry-After") != "" {
-		t.Fatalf("Retry-After %q without the fault", first.Header.Get("Retry-After"))
+		t.Fatalf("Retry-After %q with the fault at 0", first.Header.Get("Retry-After"))
 	}
 	setFaults(t, e, `{"lro_retry_after_s": 3, "lro_delay_ms": 300}`)
 	p, first := reimage()

@@ -155,18 +155,15 @@ func (e *Emulator) handleOperation(w http.ResponseWriter, r *http.Request, sub, 
 		status = o.status(now)
 	}
 	gen := e.gen
-	retryAfter := e.faults.LRORetryAfterS
+	retryAfter := e.faults.retryAfter()
 	e.mu.Unlock()
 	if status == "" {
 		armError(w, http.StatusNotFound, "ResourceNotFound", "The operation '"+id+"' was not found.")
 		return
 	}
 	retry := func() {
-		if retryAfter > 0 { // the lro_retry_after_s fault overrides the time left
-			w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
-			return
-		}
 		setRetryAfter(w, &op, now)
+		paceRetryAfter(w.Header(), retryAfter)
 	}
 	// Agents are up by the time a client hears that the operation succeeded.
 	_ = e.publish(gen)

@@ -881,7 +881,7 @@ func TestPollsFollowRetryAfter(t *testing.T) {
 // Without Retry-After polls back off, from PollInterval up to five times it:
 // pauses of 50, 75, 112 … up to 250ms.
 func TestPollsBackOff(t *testing.T) {
-	gaps := reimagePolls(t, `{"lro_delay_ms": 2500}`)
+	gaps := reimagePolls(t, `{"lro_retry_after_s": 0, "lro_delay_ms": 2500}`)
 	if len(gaps) > 16 {
 		t.Errorf("%d polls of a 2.5s operation: no backoff from 50ms: %v", len(gaps), gaps)
 	}

@@ -250,6 +250,29 @@ func (e *Emulator) EvictVM(setName, resourceGroup, instanceID string) (VMInfo, e
 	})
 }
 
+// Readdress gives an instance another private IP behind its owner's back, as
+// an operator setting its NIC to another address would: its guest agent
+// answers at the new address (a fresh one, as after a reboot), and the old
+// address is free. ARM itself never does this: reimage, restart and
+// deallocation keep a VM's IP.
+func (e *Emulator) Readdress(setName, resourceGroup, instanceID string) (VMInfo, error) {
+	return e.adminChange(setName, resourceGroup, func(s *scaleSet, _ time.Time) (VMInfo, error) {
+		v := s.lookupVM(instanceID)
+		if v == nil {
+			return VMInfo{}, fmt.Errorf("instance %s of %q: %w", instanceID, s.Name, ErrNotFound)
+		}
+		ip := e.st.ips.alloc()
+		if ip == "" {
+			return VMInfo{}, fmt.Errorf("address block %s is full: %w", e.st.ips.prefix, ErrInvalid)
+		}
+		e.st.ips.release(v.IP)
+		e.log.Info("admin: VM readdressed", "scale_set", s.Name, "instance_id", v.ID, "from", v.IP, "to", ip)
+		v.IP = ip
+		e.gen++
+		return e.vmInfoLocked(s, v), nil
+	})
+}
+
 // SetAgentState sets what a VM's guest agent does: "up" (answers), "down"
 // (its listener is closed), "hang" (accepts, never answers) or "fail"
 // (answers, but every analyzer it starts from now on fails: status failed,

@@ -17,12 +17,13 @@ const maxCapacity = 1000
 // reply is a response computed under e.mu and written after it is released
 // (and after the change it acknowledges is on disk).
 type reply struct {
-	status  int
-	body    []byte
-	op      *operation
-	etag    string
-	errCode string
-	errMsg  string
+	status     int
+	body       []byte
+	op         *operation
+	retryAfter int // with op: the lro_retry_after_s fault, -1 when unset
+	etag       string
+	errCode    string
+	errMsg     string
 }
 
 func errReply(status int, code, msg string) reply {
@@ -48,7 +49,10 @@ func (e *Emulator) locked(fn func(now time.Time)) error {
 // answer runs fn as locked does and sends the reply it returns.
 func (e *Emulator) answer(w http.ResponseWriter, r *http.Request, fn func(now time.Time) reply) {
 	var rep reply
-	err := e.locked(func(now time.Time) { rep = fn(now) })
+	err := e.locked(func(now time.Time) {
+		rep = fn(now)
+		rep.retryAfter = e.faults.retryAfter()
+	})
 	e.send(w, r, rep, err)
 }
 
@@ -64,6 +68,7 @@ func (e *Emulator) send(w http.ResponseWriter, r *http.Request, rep reply, state
 	}
 	if rep.op != nil {
 		setOpHeaders(w, r, rep.op, time.Now())
+		paceRetryAfter(w.Header(), rep.retryAfter)
 	}
 	if rep.etag != "" {
 		w.Header().Set("ETag", rep.etag)

@@ -251,6 +251,7 @@
 //	{
 //	  "throttle": {"match": "virtualMachines", "method": "GET", "retry_after_s": 120, "count": 5},
 //	  "lro_delay_ms": 2000,
+//	  "lro_retry_after_s": 5,
 //	  "error_rate": 0.1,
 //	  "latency_ms": 100,
 //	  "operation_preempted": 1,            // or true, or {"count": 1, "match": "pool"}
@@ -263,7 +264,10 @@
 // throttle answers 429 TooManyRequests with Retry-After to ARM requests whose
 // path contains match (case-insensitive; method optional), count times (0:
 // until cleared). lro_delay_ms overrides Options.LRODelay for operations
-// begun from then on. error_rate fails that fraction of ARM requests with 500
+// begun from then on. lro_retry_after_s sets the Retry-After of the reply
+// that begins an operation and of its polls while it is InProgress (by
+// default the seconds left until it ends; 0 sends none, as a service that
+// does not pace its clients). error_rate fails that fraction of ARM requests with 500
 // InternalServerError before they do anything; latency_ms delays every ARM
 // request. operation_preempted makes the next operations begun on a matching
 // scale set fail with OperationPreempted, changing nothing.

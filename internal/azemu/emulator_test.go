@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
 
@@ -991,5 +993,70 @@ func TestUnseenRestartReplacesTheAgent(t *testing.T) {
 	e.agentMu.Unlock()
 	if after == nil || after == before {
 		t.Fatal("the agent outlived its VM's restart")
+	}
+}
+
+// Readdress moves an instance to another IP, NIC and agent with it; the old
+// address answers no more.
+func TestReaddress(t *testing.T) {
+	opts := testOptions(t)
+	e := startEmulator(t, opts)
+	c := newClients(t, e)
+	createSet(t, c, "moved", 2)
+	before := ipsByID(t, c, "moved")
+	info, err := e.Readdress("moved", "", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := ipsByID(t, c, "moved")
+	if info.IP == before["1"] || after["1"] != info.IP || after["0"] != before["0"] {
+		t.Fatalf("NICs %v after readdressing 1 (was %v, reported %s)", after, before, info.IP)
+	}
+	if _, err := agentGet(info.IP, opts.AgentPort, "/", 5*time.Second); err != nil {
+		t.Fatalf("agent at the new address: %v", err)
+	}
+	if !agentRefused(before["1"], opts.AgentPort) {
+		t.Fatal("an agent still listens at the old address")
+	}
+	if _, err := e.Readdress("moved", "", "7"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("readdress of a missing instance: %v", err)
+	}
+}
+
+// With lro_retry_after_s the reply that begins an operation and its polls
+// while it runs carry that Retry-After (without it, the seconds left); its
+// end does not; with 0 none does.
+func TestLRORetryAfter(t *testing.T) {
+	e := startEmulator(t, testOptions(t))
+	c := newClients(t, e)
+	ctx := ctxT(t)
+	createSet(t, c, "paced", 1)
+	reimage := func() (*runtime.Poller[armcompute.VirtualMachineScaleSetsClientReimageResponse], *http.Response) {
+		var first *http.Response
+		p, err := c.sets.BeginReimage(policy.WithCaptureResponse(ctx, &first), testRG, "paced", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p, first
+	}
+	setFaults(t, e, `{"lro_retry_after_s": 0}`)
+	if _, first := reimage(); first.Header.Get("Retry-After") != "" {
+		t.Fatalf("Retry-After %q with the fault at 0", first.Header.Get("Retry-After"))
+	}
+	setFaults(t, e, `{"lro_retry_after_s": 3, "lro_delay_ms": 300}`)
+	p, first := reimage()
+	if got := first.Header.Get("Retry-After"); got != "3" {
+		t.Fatalf("the reply that began the reimage: Retry-After %q, want 3", got)
+	}
+	resp, err := p.Poll(ctx)
+	if err != nil || p.Done() || resp.Header.Get("Retry-After") != "3" {
+		t.Fatalf("a poll while it runs: done %v, Retry-After %q, %v", p.Done(), resp.Header.Get("Retry-After"), err)
+	}
+	poll.Until(t, 10*time.Second, "the reimage's end", func() bool {
+		resp, err = p.Poll(ctx)
+		return err == nil && p.Done()
+	})
+	if got := resp.Header.Get("Retry-After"); got != "" {
+		t.Fatalf("the poll that saw the end: Retry-After %q", got)
 	}
 }

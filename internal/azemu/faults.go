@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -18,6 +20,11 @@ type Faults struct {
 	// LRODelayMS, when set, overrides Options.LRODelay: how long a long-running
 	// operation stays InProgress.
 	LRODelayMS *int64 `json:"lro_delay_ms,omitempty"`
+	// LRORetryAfterS sets the Retry-After of long-running operations'
+	// replies (the reply that begins one, and every poll while it runs):
+	// unset, the seconds left until the operation ends; N, N seconds; 0, no
+	// Retry-After at all, as a service that does not pace its clients.
+	LRORetryAfterS *int `json:"lro_retry_after_s,omitempty"`
 	// ErrorRate is the probability (0..1) that an ARM request fails with 500
 	// InternalServerError before it does anything.
 	ErrorRate float64 `json:"error_rate,omitempty"`
@@ -136,6 +143,14 @@ var faultFields = []struct {
 			return errNegative
 		}
 		f.LRODelayMS = ms
+		return nil
+	}},
+	{"lro_retry_after_s", func(f *Faults, raw json.RawMessage) error {
+		var n int
+		if err := decodeNonNegative(raw, &n); err != nil {
+			return err
+		}
+		f.LRORetryAfterS = &n
 		return nil
 	}},
 	{"error_rate", func(f *Faults, raw json.RawMessage) error {
@@ -323,6 +338,10 @@ func (f Faults) clone() Faults {
 		v := *f.LRODelayMS
 		out.LRODelayMS = &v
 	}
+	if f.LRORetryAfterS != nil {
+		v := *f.LRORetryAfterS
+		out.LRORetryAfterS = &v
+	}
 	if f.OperationPreempted != nil {
 		p := *f.OperationPreempted
 		out.OperationPreempted = &p
@@ -332,4 +351,24 @@ func (f Faults) clone() Faults {
 		out.Quota = &q
 	}
 	return out
+}
+
+// retryAfter is the lro_retry_after_s fault: -1 when unset.
+func (f *Faults) retryAfter() int {
+	if f.LRORetryAfterS == nil {
+		return -1
+	}
+	return *f.LRORetryAfterS
+}
+
+// paceRetryAfter applies the lro_retry_after_s fault n (retryAfter's) to a
+// reply whose Retry-After is the time left: -1 keeps it, 0 drops it, N sets
+// it.
+func paceRetryAfter(h http.Header, n int) {
+	switch {
+	case n == 0:
+		h.Del("Retry-After")
+	case n > 0:
+		h.Set("Retry-After", strconv.Itoa(n))
+	}
 }

@@ -155,10 +155,15 @@ func (e *Emulator) handleOperation(w http.ResponseWriter, r *http.Request, sub, 
 		status = o.status(now)
 	}
 	gen := e.gen
+	retryAfter := e.faults.retryAfter()
 	e.mu.Unlock()
 	if status == "" {
 		armError(w, http.StatusNotFound, "ResourceNotFound", "The operation '"+id+"' was not found.")
 		return
+	}
+	retry := func() {
+		setRetryAfter(w, &op, now)
+		paceRetryAfter(w.Header(), retryAfter)
 	}
 	// Agents are up by the time a client hears that the operation succeeded.
 	_ = e.publish(gen)
@@ -168,7 +173,7 @@ func (e *Emulator) handleOperation(w http.ResponseWriter, r *http.Request, sub, 
 		case "InProgress":
 			_, loc := opURLs(r, &op)
 			w.Header().Set("Location", loc)
-			setRetryAfter(w, &op, now)
+			retry()
 			w.WriteHeader(http.StatusAccepted)
 		case "Failed":
 			armError(w, failStatus(op.FailCode), op.FailCode, op.FailMsg)
@@ -183,7 +188,7 @@ func (e *Emulator) handleOperation(w http.ResponseWriter, r *http.Request, sub, 
 		"startTime": op.Start,
 	}
 	if status == "InProgress" {
-		setRetryAfter(w, &op, now)
+		retry()
 	} else {
 		body["endTime"] = op.End
 	}

@@ -138,6 +138,7 @@ func TestMergeFaults(t *testing.T) {
 	for _, doc := range []string{
 		`{"error_rate": 2}`, `{"nonsense": 1}`, `{"throttle": {"match": "x", "bogus": 1}}`,
 		`{"lro_delay_ms": -1}`, `{"throttle": {"count": -1}}`, `[1]`, `{"operation_preempted": "x"}`,
+		`{"lro_retry_after_s": -1}`,
 	} {
 		if _, _, err := mergeFaults(start, []byte(doc)); err == nil {
 			t.Errorf("%s accepted", doc)

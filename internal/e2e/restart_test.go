@@ -90,15 +90,14 @@ func TestKillDuringCreateResumes(t *testing.T) {
 
 		d = startDaemon(t, conf, listen)
 		d.waitReady(t, 10, 90*time.Second)
+		// The machines may be ready before the poll that sees the creation end.
+		poll.Until(t, 30*time.Second, "create operation succeeded after restart (resumed)", func() bool {
+			return d.get(t, "/apiv2/operations/list/", &ops) == nil && len(ops) > 0 &&
+				ops[len(ops)-1].Kind == "create_pool" && ops[len(ops)-1].State == "succeeded"
+		})
 		rs := emu.requests(t)
 		if n := count(rs, "PUT", "/virtualMachineScaleSets/win10x64"); n != 1 {
 			t.Fatalf("scale set PUT %d times, want 1: the operation was issued again", n)
-		}
-		if err := d.get(t, "/apiv2/operations/list/", &ops); err != nil {
-			t.Fatal(err)
-		}
-		if len(ops) == 0 || ops[len(ops)-1].Kind != "create_pool" || ops[len(ops)-1].State != "succeeded" {
-			t.Fatalf("create operation after restart: %+v, want succeeded (resumed)", ops)
 		}
 		if !strings.Contains(d.output(), "operation resumed") {
 			t.Errorf("daemon did not log resuming the operation")

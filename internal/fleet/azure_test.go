@@ -273,3 +273,38 @@ func TestStaleIPIsReportedAndRefreshed(t *testing.T) {
 		t.Fatalf("check after the pass: %+v", reps)
 	}
 }
+
+// An address changed behind sandfleet's back, which the driver's passes do
+// not read again until its IP refresh, is still reported by check at once —
+// a check reads every NIC — and the pass after it corrects the row.
+func TestReaddressedMachineIsReportedAndRefreshed(t *testing.T) {
+	st := openSQLite(t)
+	c := readyCloud(t, st, 2)
+	ctx := context.Background()
+	r := c.reconciler(t, st)
+	if err := r.Pass(ctx); err != nil { // the driver knows the IPs
+		t.Fatal(err)
+	}
+	m, _ := st.GetMachine(ctx, "win10x64_1")
+	moved, err := c.emu.Readdress("win10x64", "", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reps, err := r.Check(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fleet.Mismatch{Label: "win10x64_1", Field: "ip", DB: m.IP, Provider: moved.IP}
+	if len(reps) != 1 || len(reps[0].Mismatched) != 1 || reps[0].Mismatched[0] != want {
+		t.Fatalf("check = %+v, want one mismatch %+v", reps, want)
+	}
+	if err := r.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ = st.GetMachine(ctx, "win10x64_1"); m.IP != moved.IP {
+		t.Fatalf("after a pass: ip %s, want %s", m.IP, moved.IP)
+	}
+	if reps, _ = r.Check(ctx); !reps[0].Consistent() {
+		t.Fatalf("check after the pass: %+v", reps)
+	}
+}

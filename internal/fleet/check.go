@@ -56,7 +56,7 @@ func (r *Reconciler) Check(ctx context.Context) ([]PoolReport, error) {
 			out = append(out, rep)
 			continue
 		}
-		insts, err := r.o.Provider.ListInstances(ctx, p.Name)
+		insts, err := r.freshList(ctx, p.Name)
 		if errors.Is(err, provider.ErrNotFound) {
 			insts, err = nil, nil
 		}
@@ -70,6 +70,21 @@ func (r *Reconciler) Check(ctx context.Context) ([]PoolReport, error) {
 		out = append(out, diff(p.Name, machines, insts))
 	}
 	return out, nil
+}
+
+// freshLister is a provider that keeps part of what it lists from one list
+// to the next (the Azure driver keeps its instances' IPs); a check must not
+// compare the database with what the provider remembers.
+type freshLister interface {
+	ListInstancesFresh(ctx context.Context, group string) ([]provider.Instance, error)
+}
+
+// freshList lists a group's instances with nothing kept from earlier lists.
+func (r *Reconciler) freshList(ctx context.Context, group string) ([]provider.Instance, error) {
+	if f, ok := r.o.Provider.(freshLister); ok {
+		return f.ListInstancesFresh(ctx, group)
+	}
+	return r.o.Provider.ListInstances(ctx, group)
 }
 
 func countLive(ms []store.Machine) int {

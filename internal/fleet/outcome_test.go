@@ -35,7 +35,7 @@ func TestFailedPollsAreNotFailedOperations(t *testing.T) {
 	c := readyCloud(t, st, 4)
 	stop := run(c.reconciler(t, st))
 	defer stop()
-	if _, err := c.emu.SetFaults([]byte(`{"lro_delay_ms": 3000, "error_rate": 0.7}`)); err != nil {
+	if _, err := c.emu.SetFaults([]byte(`{"lro_delay_ms": 3000, "lro_retry_after_s": 0, "error_rate": 0.7}`)); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 4 {

@@ -8,7 +8,9 @@
 // The driver never lets the SDK sit out a throttle: a 429 comes back at once as
 // a *provider.ThrottledError carrying Retry-After, and the caller decides when
 // to call again. Every long-running operation returns its resume token before
-// anyone waits, and Wait polls at Options.PollInterval, bounded by its context.
+// anyone waits, and Wait polls it as ARM asks, after each reply's Retry-After,
+// backing off from Options.PollInterval when there is none, bounded by its
+// context.
 package azure
 
 import (
@@ -61,7 +63,9 @@ type Options struct {
 	// CertPool is extra trust for the Resource Manager endpoint (the emulator's
 	// CA), on top of the system roots and azure.ca_file.
 	CertPool *x509.CertPool
-	// PollInterval is how often Wait polls a long-running operation; default 2s.
+	// PollInterval is the first pause between polls of a long-running
+	// operation whose replies name no Retry-After; it grows by half each
+	// poll, to five times this. Default 2s.
 	PollInterval time.Duration
 	// Logger receives a line per operation begun; default slog.Default().
 	Logger *slog.Logger
@@ -73,6 +77,9 @@ type Options struct {
 	// RetryDelay is the SDK's first delay before retrying a 5xx or a lost
 	// connection (it doubles each retry); default the SDK's 800ms.
 	RetryDelay time.Duration
+	// IPRefresh is how often a list reads every NIC of a scale set again,
+	// to see an address changed behind sandfleet's back; default 3m.
+	IPRefresh time.Duration
 }
 
 // Driver is the Azure VMSS provider. It is safe for concurrent use.
@@ -85,17 +92,18 @@ type Driver struct {
 	log          *slog.Logger
 
 	sets      *armcompute.VirtualMachineScaleSetsClient
-	vms       *armcompute.VirtualMachineScaleSetVMsClient
 	images    *armcompute.GalleryImagesClient
 	skus      *armcompute.ResourceSKUsClient
 	usage     *armcompute.UsageClient
-	nics      *armnetwork.InterfacesClient
 	subnets   *armnetwork.SubnetsClient
+	arm       *arm.Client // the VM and NIC reads of reads.go
 	transport *http.Client
 
 	// vcpus caches the vCPUs of azure.instance_type: a size does not
 	// change, and its SKU list is long.
 	vcpus atomic.Int64
+
+	ips ipCache
 }
 
 var _ provider.Provider = (*Driver)(nil)
@@ -172,12 +180,16 @@ func New(cfg config.Azure, opts Options) (*Driver, error) {
 		maxWait:      opts.MaxWait,
 		log:          opts.Logger,
 		transport:    transport,
+		ips:          ipCache{every: opts.IPRefresh},
 	}
 	if d.poll <= 0 {
 		d.poll = 2 * time.Second
 	}
 	if d.maxWait <= 0 {
 		d.maxWait = 300 * time.Second
+	}
+	if d.ips.every <= 0 {
+		d.ips.every = defaultIPRefresh
 	}
 	if d.log == nil {
 		d.log = slog.Default()
@@ -192,15 +204,13 @@ func New(cfg config.Azure, opts Options) (*Driver, error) {
 	}
 	d.sets, err = armcompute.NewVirtualMachineScaleSetsClient(sub, cred, armOpts)
 	keep(err)
-	d.vms, err = armcompute.NewVirtualMachineScaleSetVMsClient(sub, cred, armOpts)
-	keep(err)
 	d.images, err = armcompute.NewGalleryImagesClient(sub, cred, armOpts)
 	keep(err)
 	d.skus, err = armcompute.NewResourceSKUsClient(sub, cred, armOpts)
 	keep(err)
 	d.usage, err = armcompute.NewUsageClient(sub, cred, armOpts)
 	keep(err)
-	d.nics, err = armnetwork.NewInterfacesClient(sub, cred, armOpts)
+	d.arm, err = arm.NewClient(readerModule, readerVersion, cred, armOpts)
 	keep(err)
 	d.subnets, err = armnetwork.NewSubnetsClient(sub, cred, armOpts)
 	keep(err)

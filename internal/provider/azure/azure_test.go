@@ -17,6 +17,7 @@ import (
 
 	"github.com/sandfleet/sandfleet/internal/azemu"
 	"github.com/sandfleet/sandfleet/internal/config"
+	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/provider"
 	"github.com/sandfleet/sandfleet/internal/provider/azure"
 	"github.com/sandfleet/sandfleet/internal/provider/providertest"
@@ -583,5 +584,308 @@ func TestResumeAfterCloudRestart(t *testing.T) {
 	}
 	if len(after) != 1 || after[0].ID == ins[0].ID {
 		t.Errorf("after resumed delete of %s: %v", ins[0].ID, after)
+	}
+}
+
+// emulatorIPs reads the scale set's instance IPs from the emulator itself.
+func emulatorIPs(t *testing.T, e *azemu.Emulator, group string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, s := range e.ScaleSets() {
+		if s.Name == group {
+			for _, v := range s.VMs {
+				out[v.InstanceID] = v.IP
+			}
+		}
+	}
+	return out
+}
+
+func listedIPs(t *testing.T, ins []provider.Instance) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, in := range ins {
+		out[in.ID] = in.IP
+	}
+	return out
+}
+
+// nicReads sorts the NIC reads among logged requests: of the scale set's NIC
+// list, and of single VMs' NICs (by instance id).
+func nicReads(rs []logged) (setPages int, single []string) {
+	for _, r := range rs {
+		p := strings.ToLower(r.Path)
+		switch {
+		case !strings.HasSuffix(p, "/networkinterfaces"):
+		case strings.Contains(p, "/virtualmachines/"):
+			parts := strings.Split(r.Path, "/")
+			single = append(single, parts[len(parts)-2])
+		default:
+			setPages++
+		}
+	}
+	return setPages, single
+}
+
+func sameIPs(t *testing.T, what string, got, want map[string]string) {
+	t.Helper()
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("%s: IPs %v, want the emulator's %v", what, got, want)
+	}
+	for id, ip := range got {
+		if ip == "" {
+			t.Fatalf("%s: instance %s has no IP", what, id)
+		}
+	}
+}
+
+// Once IPs are known a list reads the VMs and nothing else, and a reimage
+// changes nothing to that: the IP survives it.
+func TestSteadyListReadsNoNIC(t *testing.T) {
+	e := startEmulator(t, azemu.Options{PageSize: 2})
+	d := newDriver(t, e)
+	createGroup(t, d, spec.Name, 5)
+	ctx := context.Background()
+	first, err := d.ListInstances(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameIPs(t, "first list", listedIPs(t, first), emulatorIPs(t, e, spec.Name))
+
+	op, err := d.Reimage(ctx, spec.Name, []string{"0", "3"})
+	if err == nil {
+		err = op.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatalf("reimage: %v", err)
+	}
+	e.ClearRequests()
+	for range 3 {
+		ins, err := d.ListInstances(ctx, spec.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameIPs(t, "steady list", listedIPs(t, ins), listedIPs(t, first))
+	}
+	rs := requests(t, e)
+	if pages, single := nicReads(rs); pages+len(single) != 0 {
+		t.Errorf("steady lists read NICs: %d pages of the scale set's, and of VMs %v", pages, single)
+	}
+	if len(rs) != 3*3 { // 5 VMs in pages of 2
+		t.Errorf("three steady lists made %d requests, want 9 VM pages: %+v", len(rs), rs)
+	}
+}
+
+// An instance the driver has not seen — added behind its back, or by a
+// scale-out — has its IP read: a few one VM at a time, many with the scale
+// set's NIC list.
+func TestNewInstancesGetTheirIPs(t *testing.T) {
+	e := startEmulator(t, azemu.Options{})
+	d := newDriver(t, e)
+	createGroup(t, d, spec.Name, 3)
+	ctx := context.Background()
+	if _, err := d.ListInstances(ctx, spec.Name); err != nil {
+		t.Fatal(err)
+	}
+
+	var added []string
+	for range 2 {
+		var v map[string]any
+		if err := admin(ctx, e, http.MethodPost, "/_emulator/scalesets/"+spec.Name+"/vms", nil, &v); err != nil {
+			t.Fatal(err)
+		}
+		id, err := addedID(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		added = append(added, id)
+	}
+	e.ClearRequests()
+	ins, err := d.ListInstances(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameIPs(t, "after two added", listedIPs(t, ins), emulatorIPs(t, e, spec.Name))
+	if pages, single := nicReads(requests(t, e)); pages != 0 || fmt.Sprint(single) != fmt.Sprint(added) {
+		t.Errorf("NIC reads: %d pages of the scale set's, VMs %v; want the NICs of %v alone", pages, single, added)
+	}
+
+	g, err := d.GetGroup(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op, err := d.SetCapacity(ctx, spec.Name, 20, g.ETag)
+	if err == nil {
+		err = op.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatalf("scale out: %v", err)
+	}
+	e.ClearRequests()
+	ins, err = d.ListInstances(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameIPs(t, "after a scale-out by 15", listedIPs(t, ins), emulatorIPs(t, e, spec.Name))
+	if pages, single := nicReads(requests(t, e)); pages != 1 || len(single) != 0 {
+		t.Errorf("NIC reads after a scale-out by 15: %d pages of the scale set's, VMs %v; want its one page", pages, single)
+	}
+}
+
+// A scale set deleted and created again under its name counts its instance
+// ids from 0 again: its new VMs do not inherit the old ones' IPs.
+func TestRecreatedScaleSetGetsNewIPs(t *testing.T) {
+	e := startEmulator(t, azemu.Options{})
+	d := newDriver(t, e)
+	createGroup(t, d, spec.Name, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	old, err := d.ListInstances(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op, err := d.DeleteGroup(ctx, spec.Name)
+	if err == nil {
+		err = op.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	createGroup(t, d, spec.Name, 3)
+	ins, err := d.ListInstances(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := emulatorIPs(t, e, spec.Name)
+	sameIPs(t, "recreated", listedIPs(t, ins), now)
+	if fmt.Sprint(now) == fmt.Sprint(listedIPs(t, old)) {
+		t.Fatalf("the emulator gave the recreated VMs their predecessors' IPs %v: the test proves nothing", now)
+	}
+}
+
+// An IP changed behind the driver's back (Azure never does it; an operator
+// can) is seen by a fresh list at once, and by plain lists once IPRefresh has
+// passed; either starts a new period without NIC reads.
+func TestReaddressedInstance(t *testing.T) {
+	e := startEmulator(t, azemu.Options{})
+	d := newDriverOpts(t, e, azure.Options{IPRefresh: time.Second})
+	createGroup(t, d, spec.Name, 2)
+	ctx := context.Background()
+	before, err := d.ListInstances(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved, err := e.Readdress(spec.Name, "", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if listedIPs(t, before)["1"] == moved.IP {
+		t.Fatal("Readdress kept the address: the test proves nothing")
+	}
+	fresh, err := d.ListInstancesFresh(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameIPs(t, "fresh list", listedIPs(t, fresh), emulatorIPs(t, e, spec.Name))
+	ins, err := d.ListInstances(ctx, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameIPs(t, "list after the fresh one", listedIPs(t, ins), emulatorIPs(t, e, spec.Name))
+
+	// Without a fresh list, the refresh finds it.
+	if _, err := e.Readdress(spec.Name, "", "0"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	poll.Until(t, 10*time.Second, "the new address listed", func() bool {
+		ins, err := d.ListInstances(ctx, spec.Name)
+		return err == nil && listedIPs(t, ins)["0"] == emulatorIPs(t, e, spec.Name)["0"]
+	})
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("the new address was listed after %s; IPRefresh is 1s", took)
+	}
+	// The refresh starts a new period: the next list reads no NIC.
+	e.ClearRequests()
+	if _, err := d.ListInstances(ctx, spec.Name); err != nil {
+		t.Fatal(err)
+	}
+	if pages, single := nicReads(requests(t, e)); pages+len(single) != 0 {
+		t.Errorf("the list after a refresh read NICs: %d pages of the scale set's, VMs %v", pages, single)
+	}
+}
+
+// pollGaps are the pauses before each poll of an operation, the first from
+// the request that began it (whose path ends in began). The read of the
+// result at its Location URL, straight after the poll that saw the end, is
+// no poll.
+func pollGaps(t *testing.T, e *azemu.Emulator, began string) []time.Duration {
+	t.Helper()
+	var (
+		gaps []time.Duration
+		last time.Time
+	)
+	for _, r := range e.Requests() {
+		switch {
+		case strings.HasSuffix(r.Path, began):
+			last = r.Time
+		case strings.Contains(r.Path, "/operations/") && !last.IsZero():
+			gaps = append(gaps, r.Time.Sub(last))
+			last = r.Time
+		}
+	}
+	if n := len(gaps); n > 1 && gaps[n-1] < 20*time.Millisecond {
+		gaps = gaps[:n-1]
+	}
+	if len(gaps) == 0 {
+		t.Fatal("no poll in the request log")
+	}
+	return gaps
+}
+
+// reimagePolls reimages the one instance of a new scale set with faults in
+// force, and returns the pauses before each poll of the reimage.
+func reimagePolls(t *testing.T, faults string) []time.Duration {
+	t.Helper()
+	e := startEmulator(t, azemu.Options{})
+	d := newDriver(t, e) // PollInterval 50ms
+	createGroup(t, d, spec.Name, 1)
+	setFaults(t, e, faults)
+	e.ClearRequests()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	op, err := d.Reimage(ctx, spec.Name, []string{"0"})
+	if err == nil {
+		err = op.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatalf("reimage: %v", err)
+	}
+	return pollGaps(t, e, "/reimage")
+}
+
+// A reply's Retry-After paces the polls of an operation, from the reply that
+// began it on, however short PollInterval is.
+func TestPollsFollowRetryAfter(t *testing.T) {
+	gaps := reimagePolls(t, `{"lro_retry_after_s": 1, "lro_delay_ms": 2500}`)
+	if len(gaps) > 4 {
+		t.Errorf("%d polls of a 2.5s operation that asked for one a second: %v", len(gaps), gaps)
+	}
+	for i, g := range gaps {
+		if g < 900*time.Millisecond {
+			t.Fatalf("poll %d came %s after the reply before, which asked for 1s: %v", i+1, g, gaps)
+		}
+	}
+}
+
+// Without Retry-After polls back off, from PollInterval up to five times it:
+// pauses of 50, 75, 112 … up to 250ms.
+func TestPollsBackOff(t *testing.T) {
+	gaps := reimagePolls(t, `{"lro_retry_after_s": 0, "lro_delay_ms": 2500}`)
+	if len(gaps) > 16 {
+		t.Errorf("%d polls of a 2.5s operation: no backoff from 50ms: %v", len(gaps), gaps)
+	}
+	if last := gaps[len(gaps)-1]; last < 200*time.Millisecond || last > 700*time.Millisecond {
+		t.Errorf("the last pause was %s, want about 250ms (five PollIntervals): %v", last, gaps)
 	}
 }

@@ -3,8 +3,10 @@ package azure
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
 
@@ -12,7 +14,8 @@ import (
 )
 
 // ListGroups lists every scale set in the sandbox resource group, all pages,
-// owned or not: the caller decides what to do with strangers.
+// owned or not: the caller decides what to do with strangers. The IPs known
+// of scale sets no longer there are forgotten.
 func (d *Driver) ListGroups(ctx context.Context) ([]provider.Group, error) {
 	var out []provider.Group
 	pager := d.sets.NewListPager(d.rg, nil)
@@ -27,6 +30,7 @@ func (d *Driver) ListGroups(ctx context.Context) ([]provider.Group, error) {
 			}
 		}
 	}
+	d.ips.keep(out)
 	return out, nil
 }
 
@@ -200,22 +204,24 @@ func (d *Driver) CreateGroup(ctx context.Context, spec provider.PoolSpec) (provi
 	if err := d.CheckImage(ctx, spec.Image); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	p, err := d.sets.BeginCreateOrUpdate(ctx, d.rg, spec.Name, d.scaleSet(spec),
+	var first *http.Response
+	p, err := d.sets.BeginCreateOrUpdate(policy.WithCaptureResponse(ctx, &first), d.rg, spec.Name, d.scaleSet(spec),
 		&armcompute.VirtualMachineScaleSetsClientBeginCreateOrUpdateOptions{IfNoneMatch: to.Ptr("*")})
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
-	return d.begun(newOp(d, op, p), "group", spec.Name), nil
+	return d.begun(newOp(d, op, p, first), "group", spec.Name), nil
 }
 
 // DeleteGroup begins deleting a scale set with all its instances.
 func (d *Driver) DeleteGroup(ctx context.Context, name string) (provider.Op, error) {
 	op := "delete scale set " + name
-	p, err := d.sets.BeginDelete(ctx, d.rg, name, nil)
+	var first *http.Response
+	p, err := d.sets.BeginDelete(policy.WithCaptureResponse(ctx, &first), d.rg, name, nil)
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
-	return d.begun(newOp(d, op, p), "group", name), nil
+	return d.begun(newOp(d, op, p, first), "group", name), nil
 }
 
 // UpdateGroupImage begins pointing a scale set's model at spec.Image; with the
@@ -234,11 +240,12 @@ func (d *Driver) UpdateGroupImage(ctx context.Context, spec provider.PoolSpec) (
 			},
 		},
 	}
-	p, err := d.sets.BeginUpdate(ctx, d.rg, spec.Name, update, nil)
+	var first *http.Response
+	p, err := d.sets.BeginUpdate(policy.WithCaptureResponse(ctx, &first), d.rg, spec.Name, update, nil)
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
-	return d.begun(newOp(d, op, p), "group", spec.Name), nil
+	return d.begun(newOp(d, op, p, first), "group", spec.Name), nil
 }
 
 // SetCapacity begins setting a scale set's capacity with If-Match: etag, so a
@@ -254,11 +261,12 @@ func (d *Driver) SetCapacity(ctx context.Context, name string, capacity int, eta
 		opts.IfMatch = to.Ptr(etag)
 	}
 	update := armcompute.VirtualMachineScaleSetUpdate{SKU: &armcompute.SKU{Capacity: to.Ptr(int64(capacity))}}
-	p, err := d.sets.BeginUpdate(ctx, d.rg, name, update, &opts)
+	var first *http.Response
+	p, err := d.sets.BeginUpdate(policy.WithCaptureResponse(ctx, &first), d.rg, name, update, &opts)
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
-	return d.begun(newOp(d, op, p), "group", name, "etag", etag), nil
+	return d.begun(newOp(d, op, p, first), "group", name, "etag", etag), nil
 }
 
 // begun logs an operation that was just accepted and returns it.

@@ -94,31 +94,37 @@ func retryAfter(resp *http.Response) time.Duration {
 }
 
 func parseRetryAfter(h http.Header, now time.Time) time.Duration {
+	if d, ok := retryHint(h, now); ok {
+		return d
+	}
+	return defaultRetryAfter
+}
+
+// retryHint reads Retry-After as retryAfter does, and says whether the
+// headers name a usable one.
+func retryHint(h http.Header, now time.Time) (time.Duration, bool) {
 	for _, name := range []string{"retry-after-ms", "x-ms-retry-after-ms"} {
 		if v := h.Get(name); v != "" {
 			if ms, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && ms > 0 {
-				return time.Duration(ms) * time.Millisecond
+				return time.Duration(ms) * time.Millisecond, true
 			}
 		}
 	}
 	v := strings.TrimSpace(h.Get("Retry-After"))
 	if v == "" {
-		return defaultRetryAfter
+		return 0, false
 	}
 	if s, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if s <= 0 {
-			return defaultRetryAfter
-		}
-		return time.Duration(s) * time.Second
+		return time.Duration(s) * time.Second, s > 0
 	}
 	if at, err := http.ParseTime(v); err == nil {
 		if d := at.Sub(now); d > 0 {
-			return d.Round(time.Second)
+			return d.Round(time.Second), true
 		}
-		// A date in the past: the throttle is over, but do not hammer.
-		return time.Second
+		// A date in the past: the wait is over, but do not hammer.
+		return time.Second, true
 	}
-	return defaultRetryAfter
+	return 0, false
 }
 
 // errorMessage extracts error.message from an ARM error body, if any.
@@ -145,6 +151,13 @@ func errorMessage(resp *http.Response) string {
 	return msg
 }
 
+// maxPollFactor bounds the backoff between polls whose replies name no
+// Retry-After: at most this many PollIntervals. A status read is cheap, but a
+// hundred reimages polled every two seconds are fifty reads a second against
+// the subscription's limits; backed off to 10 s (at the default interval), a
+// reimage is still seen done at most 10 s after it ended.
+const maxPollFactor = 5
+
 // lro is a begun long-running operation: an SDK poller plus its token,
 // captured when the operation was begun, before any wait.
 type lro[T any] struct {
@@ -154,14 +167,16 @@ type lro[T any] struct {
 
 	mu     sync.Mutex
 	poller *runtime.Poller[T]
+	next   time.Duration // the pause before the next poll
 	done   bool
 	err    error
 }
 
-// newOp wraps a freshly begun (or resumed) poller. A poller already in a
-// terminal state has no token: the operation finished at once.
-func newOp[T any](d *Driver, op string, p *runtime.Poller[T]) *lro[T] {
-	o := &lro[T]{d: d, op: op, poller: p}
+// newOp wraps a freshly begun (or resumed) poller; first is the reply that
+// began it, if known, whose Retry-After the first poll follows. A poller
+// already in a terminal state has no token: the operation finished at once.
+func newOp[T any](d *Driver, op string, p *runtime.Poller[T], first *http.Response) *lro[T] {
+	o := &lro[T]{d: d, op: op, poller: p, next: d.nextPoll(first, 0)}
 	if !p.Done() {
 		if tok, err := p.ResumeToken(); err == nil {
 			o.token = tok
@@ -176,8 +191,25 @@ func (o *lro[T]) Token() string { return o.token }
 
 func (o *lro[T]) name() string { return o.op }
 
-// Wait polls every PollInterval until the operation ends or ctx is done. A
-// poll that fails — a throttle, a 5xx, a lost connection — is not the
+// nextPoll is the pause before the next poll of an operation, after reply
+// resp (nil: none) and a pause of last: the reply's Retry-After when it names
+// one, as ARM asks; otherwise half as long again as last, from PollInterval
+// up to maxPollFactor times it.
+func (d *Driver) nextPoll(resp *http.Response, last time.Duration) time.Duration {
+	if resp != nil {
+		if hint, ok := retryHint(resp.Header, time.Now()); ok {
+			return hint
+		}
+	}
+	if last <= 0 {
+		return d.poll
+	}
+	return min(max(last, d.poll)*3/2, maxPollFactor*d.poll)
+}
+
+// Wait polls until the operation ends or ctx is done: after the Retry-After
+// of the reply before, or backing off from PollInterval (nextPoll). A poll
+// that fails — a throttle, a 5xx, a lost connection — is not the
 // operation's outcome: Wait returns a *provider.ThrottledError or
 // *provider.PollError and the Op stays usable, to be waited on again. Only
 // an end Azure reports (Succeeded, Failed, Canceled) is final.
@@ -193,7 +225,7 @@ func (o *lro[T]) Wait(ctx context.Context) error {
 		defer cancel()
 	}
 	start := time.Now()
-	timer := time.NewTimer(o.d.poll)
+	timer := time.NewTimer(o.next)
 	defer timer.Stop()
 	for !o.poller.Done() {
 		select {
@@ -201,10 +233,15 @@ func (o *lro[T]) Wait(ctx context.Context) error {
 			return fmt.Errorf("%s: waited %s: %w", o.op, time.Since(start).Round(time.Millisecond), ctx.Err())
 		case <-timer.C:
 		}
-		if _, err := o.poller.Poll(ctx); err != nil {
+		resp, err := o.poller.Poll(ctx)
+		if err != nil {
+			// The caller paces its next Wait by this error (its Retry-After,
+			// or its own backoff); that Wait starts again from PollInterval.
+			o.next = o.d.poll
 			return o.pollErr(ctx, err)
 		}
-		timer.Reset(o.d.poll)
+		o.next = o.d.nextPoll(resp, o.next)
+		timer.Reset(o.next)
 	}
 	_, err := o.poller.Result(ctx)
 	if err != nil && ctx.Err() != nil {
@@ -244,8 +281,8 @@ func transient(op string, err error) error {
 	}
 	pe := &provider.PollError{Err: mapped}
 	var re *azcore.ResponseError
-	if errors.As(err, &re) && re.RawResponse != nil && re.RawResponse.Header.Get("Retry-After") != "" {
-		pe.RetryAfter = retryAfter(re.RawResponse)
+	if errors.As(err, &re) && re.RawResponse != nil {
+		pe.RetryAfter, _ = retryHint(re.RawResponse.Header, time.Now())
 	}
 	return pe
 }
@@ -321,7 +358,7 @@ func resume[T any](d *Driver, op string, begin func() (*runtime.Poller[T], error
 		// With a token the SDK makes no call: any error is the token's.
 		return nil, fmt.Errorf("%s: %w: %v", op, provider.ErrTokenRejected, err)
 	}
-	return newOp(d, op, p), nil
+	return newOp(d, op, p, nil), nil
 }
 
 // deref returns *p, or the zero value for nil: the SDK's models are all

@@ -2,16 +2,21 @@ package azure
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
@@ -40,6 +45,11 @@ func TestParseRetryAfter(t *testing.T) {
 	for _, tc := range tests {
 		if got := parseRetryAfter(tc.header, now); got != tc.want {
 			t.Errorf("%s: parseRetryAfter = %s, want %s", tc.name, got, tc.want)
+		}
+		// What falls back to the default names no usable Retry-After.
+		usable := tc.name != "absent" && tc.name != "garbage" && tc.name != "zero"
+		if got, ok := retryHint(tc.header, now); ok != usable || (ok && got != tc.want) {
+			t.Errorf("%s: retryHint = %s, %v; want %s, %v", tc.name, got, ok, tc.want, usable)
 		}
 	}
 }
@@ -115,62 +125,62 @@ func TestStateOf(t *testing.T) {
 }
 
 func TestInstanceOf(t *testing.T) {
-	vm := &armcompute.VirtualMachineScaleSetVM{
-		ID:         to.Ptr("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/win10/virtualMachines/7"),
-		InstanceID: to.Ptr("7"),
-		Name:       to.Ptr("win10_7"),
-		Tags:       map[string]*string{"Sandfleet-Arch": to.Ptr("x64"), TagsTag: to.Ptr("win10,x64")},
-		Properties: &armcompute.VirtualMachineScaleSetVMProperties{
-			ProvisioningState: to.Ptr("Succeeded"),
-			InstanceView: &armcompute.VirtualMachineScaleSetVMInstanceView{Statuses: []*armcompute.InstanceViewStatus{
-				{Code: to.Ptr("ProvisioningState/succeeded")}, {Code: to.Ptr("PowerState/running")},
-			}},
-			StorageProfile: &armcompute.StorageProfile{
-				ImageReference: &armcompute.ImageReference{ID: to.Ptr("/galleries/g/images/win10")},
-				OSDisk:         &armcompute.OSDisk{OSType: to.Ptr(armcompute.OperatingSystemTypesWindows)},
-			},
-		},
+	tests := []struct {
+		name, vm string
+		want     provider.Instance
+	}{
+		{"as ARM lists it", `{
+			"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/win10/virtualMachines/7",
+			"instanceId": "7", "name": "win10_7", "location": "westeurope",
+			"tags": {"Sandfleet-Arch": "x64", "sandfleet-tags": "win10,x64", "sandfleet-pool": "win10"},
+			"properties": {
+				"latestModelApplied": true, "vmId": "0a6e…",
+				"provisioningState": "Succeeded",
+				"instanceView": {"platformUpdateDomain": 2, "statuses": [
+					{"code": "ProvisioningState/succeeded", "level": "Info"}, {"code": "PowerState/running"}]},
+				"hardwareProfile": {"vmSize": "Standard_D2s_v5"},
+				"storageProfile": {"imageReference": {"id": "/galleries/g/images/win10"},
+					"osDisk": {"osType": "Windows", "caching": "ReadOnly", "diffDiskSettings": {"option": "Local"}}},
+				"osProfile": {"computerName": "win10000007"},
+				"networkProfile": {"networkInterfaces": [{"id": "/…/networkInterfaces/win10-nic"}]}
+			}}`,
+			provider.Instance{ID: "7", Name: "win10_7", State: provider.InstanceRunning, Raw: "Succeeded/running",
+				Platform: "windows", Arch: "x64", Image: "/galleries/g/images/win10", Tags: []string{"win10", "x64"}}},
+		{"platform from the OS profile, no instance view", `{
+			"instanceId": "3", "name": "lin_3", "tags": {"sandfleet-tags": null},
+			"properties": {"provisioningState": "Creating", "osProfile": {"linuxConfiguration": {}, "windowsConfiguration": null}}}`,
+			provider.Instance{ID: "3", Name: "lin_3", State: provider.InstanceCreating, Raw: "Creating", Platform: "linux"}},
 	}
-	in := instanceOf(vm)
-	if in.ID != "7" || in.Name != "win10_7" || in.State != provider.InstanceRunning || in.Raw != "Succeeded/running" ||
-		in.Platform != "windows" || in.Arch != "x64" || in.Image != "/galleries/g/images/win10" || strings.Join(in.Tags, ",") != "win10,x64" {
-		t.Errorf("instanceOf = %+v", in)
+	for _, tc := range tests {
+		var vm vmView
+		if err := json.Unmarshal([]byte(tc.vm), &vm); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := instanceOf(&vm); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: instanceOf = %+v, want %+v", tc.name, got, tc.want)
+		}
 	}
-}
-
-func nic(vmID string, primary bool, ips ...string) *armnetwork.Interface {
-	n := &armnetwork.Interface{Properties: &armnetwork.InterfacePropertiesFormat{
-		Primary:        to.Ptr(primary),
-		VirtualMachine: &armnetwork.SubResource{ID: to.Ptr(vmID)},
-	}}
-	for i, ip := range ips {
-		n.Properties.IPConfigurations = append(n.Properties.IPConfigurations, &armnetwork.InterfaceIPConfiguration{
-			Properties: &armnetwork.InterfaceIPConfigurationPropertiesFormat{
-				PrivateIPAddress: to.Ptr(ip), Primary: to.Ptr(i == 1),
-			},
-		})
-	}
-	return n
 }
 
 func TestPrimaryIPs(t *testing.T) {
-	got := primaryIPs([]*armnetwork.Interface{
-		nic("/subscriptions/s/.../virtualMachines/1", false, "10.0.0.9"),
-		nic("/Subscriptions/S/.../VirtualMachines/1", true, "10.0.0.4", "10.0.0.5"), // primary NIC, primary ipconfig second
-		nic("/subscriptions/s/.../virtualMachines/2", false, "10.0.0.6"),
-		{Properties: &armnetwork.InterfacePropertiesFormat{}}, // a NIC of no VM
-	})
-	want := map[string]string{
-		"/subscriptions/s/.../virtualmachines/1": "10.0.0.5",
-		"/subscriptions/s/.../virtualmachines/2": "10.0.0.6",
+	var nics []nicView
+	err := json.Unmarshal([]byte(`[
+		{"properties": {"primary": false, "virtualMachine": {"id": "/subscriptions/s/.../virtualMachines/1"},
+			"ipConfigurations": [{"properties": {"privateIPAddress": "10.0.0.9"}}]}},
+		{"properties": {"primary": true, "virtualMachine": {"id": "/Subscriptions/S/.../VirtualMachines/1"},
+			"ipConfigurations": [{"properties": {"privateIPAddress": "10.0.0.4"}},
+				{"properties": {"privateIPAddress": "10.0.0.5", "primary": true}}]}},
+		{"properties": {"virtualMachine": {"id": "/subscriptions/s/.../virtualMachines/2"},
+			"ipConfigurations": [{"properties": {"privateIPAddress": "10.0.0.6", "primary": false}}]}},
+		{"properties": {"ipConfigurations": [{"properties": {"privateIPAddress": "10.0.0.7"}}]}}
+	]`), &nics)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(got) != len(want) {
-		t.Fatalf("primaryIPs = %v, want %v", got, want)
-	}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("primaryIPs[%s] = %q, want %q", k, got[k], v)
-		}
+	got := primaryIPs(nics) // the primary NIC's primary ipconfig; a NIC of no VM is nobody's
+	want := map[string]string{"1": "10.0.0.5", "2": "10.0.0.6"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("primaryIPs = %v, want %v", got, want)
 	}
 }
 
@@ -342,5 +352,119 @@ func TestCloudFor(t *testing.T) {
 	}
 	if cloud.AzurePublic.Services[cloud.ResourceManager].Endpoint != "https://management.azure.com" {
 		t.Errorf("cloudFor modified the shared public cloud configuration")
+	}
+}
+
+// recorder is a transport that answers every request 404 and keeps it.
+type recorder struct{ reqs []*http.Request }
+
+func (r *recorder) Do(req *http.Request) (*http.Response, error) {
+	r.reqs = append(r.reqs, req)
+	return &http.Response{StatusCode: http.StatusNotFound, Header: http.Header{}, Request: req,
+		Body: io.NopCloser(strings.NewReader(`{"error":{"code":"ResourceNotFound"}}`))}, nil
+}
+
+// The reads the driver decodes itself ask what the generated clients ask:
+// the same paths (ARM paths are case insensitive), query and API versions.
+func TestReadsMatchTheSDK(t *testing.T) {
+	ctx := context.Background()
+	rec := &recorder{}
+	opts := &arm.ClientOptions{ClientOptions: policy.ClientOptions{Transport: rec, Cloud: cloudFor("https://arm.example")},
+		DisableRPRegistration: true}
+	cred := staticToken("t")
+	vms, err := armcompute.NewVirtualMachineScaleSetVMsClient("sub", cred, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nics, err := armnetwork.NewInterfacesClient("sub", cred, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := arm.NewClient(readerModule, readerVersion, cred, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &Driver{subscription: "sub", rg: "rg", arm: c}
+	expand := to.Ptr("instanceView")
+	pairs := []struct {
+		name      string
+		sdk, ours func() error
+	}{
+		{"VM list", func() error {
+			_, err := vms.NewListPager("rg", "set", &armcompute.VirtualMachineScaleSetVMsClientListOptions{Expand: expand}).NextPage(ctx)
+			return err
+		}, func() error { _, err := d.listVMs(ctx, "set"); return err }},
+		{"VM", func() error {
+			_, err := vms.Get(ctx, "rg", "set", "7", &armcompute.VirtualMachineScaleSetVMsClientGetOptions{
+				Expand: to.Ptr(armcompute.InstanceViewTypesInstanceView)})
+			return err
+		}, func() error { _, err := d.GetInstance(ctx, "set", "7"); return err }},
+		{"NIC list", func() error {
+			_, err := nics.NewListVirtualMachineScaleSetNetworkInterfacesPager("rg", "set", nil).NextPage(ctx)
+			return err
+		}, func() error { _, err := d.listNICs(ctx, "set"); return err }},
+		{"NICs of a VM", func() error {
+			_, err := nics.NewListVirtualMachineScaleSetVMNetworkInterfacesPager("rg", "set", "7", nil).NextPage(ctx)
+			return err
+		}, func() error { _, err := d.listVMNICs(ctx, "set", "7"); return err }},
+	}
+	for _, p := range pairs {
+		rec.reqs = nil
+		if err := p.sdk(); err == nil {
+			t.Fatalf("%s: the SDK's read of a 404 succeeded", p.name)
+		}
+		if err := p.ours(); !errors.Is(err, provider.ErrNotFound) {
+			t.Errorf("%s: our read of a 404 = %v, want ErrNotFound", p.name, err)
+		}
+		if len(rec.reqs) != 2 {
+			t.Fatalf("%s: %d requests, want one each", p.name, len(rec.reqs))
+		}
+		sdk, ours := rec.reqs[0], rec.reqs[1]
+		if !strings.EqualFold(sdk.URL.Path, ours.URL.Path) || sdk.URL.Query().Encode() != ours.URL.Query().Encode() ||
+			sdk.Header.Get("Accept") != ours.Header.Get("Accept") {
+			t.Errorf("%s: we ask %s (Accept %s), the SDK asks %s (Accept %s)", p.name,
+				ours.URL, ours.Header.Get("Accept"), sdk.URL, sdk.Header.Get("Accept"))
+		}
+	}
+}
+
+func TestIPCache(t *testing.T) {
+	vm := func(id, vmID string) vmView {
+		var v vmView
+		v.InstanceID, v.Properties.VMID = id, vmID
+		return v
+	}
+	now := time.Date(2026, 11, 3, 10, 0, 0, 0, time.UTC)
+	c := ipCache{every: time.Minute}
+	if _, due := c.get("Win10", now); !due {
+		t.Fatal("a scale set never listed is not due for its NICs")
+	}
+	c.put("Win10", []vmView{vm("0", "a"), vm("1", "b"), vm("2", "c")},
+		map[string]string{"0": "10.0.0.4", "1": "10.0.0.5", "2": ""}, true, now)
+	known, due := c.get("win10", now.Add(50*time.Second))
+	want := map[string]knownIP{"0": {"a", "10.0.0.4"}, "1": {"b", "10.0.0.5"}}
+	if due || !reflect.DeepEqual(known, want) {
+		t.Fatalf("after a list: %v, due %v; want %v, not due", known, due, want)
+	}
+	if _, due := c.get("win10", now.Add(70*time.Second)); !due {
+		t.Fatal("not due for its NICs past the refresh period and its tenth")
+	}
+
+	// Instance 1 left the list: it leaves the cache. A list that read no NIC
+	// keeps the period.
+	c.put("win10", []vmView{vm("0", "a"), vm("2", "c")}, map[string]string{"0": "10.0.0.4"}, false, now.Add(time.Second))
+	if known, due := c.get("win10", now.Add(70*time.Second)); !due || !reflect.DeepEqual(known, map[string]knownIP{"0": {"a", "10.0.0.4"}}) {
+		t.Fatalf("after instance 1 left: %v, due %v", known, due)
+	}
+
+	// A scale set ListGroups no longer finds is forgotten, as is one dropped.
+	c.put("other", []vmView{vm("0", "z")}, map[string]string{"0": "10.0.1.4"}, true, now)
+	c.keep([]provider.Group{{Name: "OTHER"}})
+	if known, _ := c.get("win10", now); known != nil {
+		t.Fatalf("a scale set gone from the list kept %v", known)
+	}
+	c.drop("other")
+	if known, _ := c.get("other", now); known != nil {
+		t.Fatalf("a dropped scale set kept %v", known)
 	}
 }

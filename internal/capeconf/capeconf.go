@@ -226,7 +226,7 @@ func (m *mapper) chooseMachinery(files map[string]*File) error {
 		}
 		m.use(f, o, "pools", "")
 	default:
-		m.note(f, o, fmt.Sprintf("not carried over: sandfleet has no %s provider (it has Azure scale sets and static machines; KVM through libvirt comes later)", v))
+		m.note(f, o, fmt.Sprintf("not carried over: sandfleet has no %s provider (it has Azure scale sets, libvirt domains and static machines)", v))
 		m.warn(fmt.Sprintf("cuckoo.machinery is %s: no machines imported; import-cape --machinery az|kvm|physical imports another machinery's file", v))
 	}
 	return nil

@@ -288,7 +288,7 @@ func TestCAPEDefaultKVM(t *testing.T) {
 	if !reflect.DeepEqual(cfg.Pools, want) {
 		t.Errorf("pools = %+v, want %+v", cfg.Pools, want)
 	}
-	if !strings.Contains(yml, "no libvirt provider yet") || !strings.Contains(yml, "cape1.label, cape1.platform") {
+	if !strings.Contains(yml, "import-cape does not write it yet") || !strings.Contains(yml, "cape1.label, cape1.platform") {
 		t.Errorf("the YAML lacks the static-pool explanation or the unlisted [cape1]:\n%s", yml)
 	}
 	if len(r.Machinery) != 1 || r.Machinery[0] != "kvm" {

@@ -19,9 +19,9 @@ type machine struct {
 }
 
 // machines maps kvm.conf or physical.conf (kind "kvm" or "physical") to
-// static pools. sandfleet has no libvirt provider yet, so a KVM machine
-// becomes a static machine whose reset_command reverts its snapshot with
-// virsh; a physical machine is reused as it is unless the operator writes a
+// static pools. A KVM machine becomes a static machine whose reset_command
+// reverts its snapshot with virsh (a libvirt pool, which reverts through
+// libvirt's API, is written by hand for now); a physical machine is reused as it is unless the operator writes a
 // reset_command (CAPE re-imaged them through FOG).
 func (m *mapper) machines(f *File, kind string) {
 	main := f.Section(kind)
@@ -247,7 +247,7 @@ func (m *mapper) pools(f *File, kind string, listOpt *Option, ms []*machine, dsn
 
 func (m *mapper) poolHead(f *File, kind string) string {
 	if kind == "kvm" {
-		return "kvm.conf machines, as static pools: this build of sandfleet has no libvirt provider yet.\n" +
+		return "kvm.conf machines, as static pools (provider: libvirt does this through libvirt's API; import-cape does not write it yet).\n" +
 			"After each use, reset_command reverts the machine's snapshot with virsh\n" +
 			"(SANDFLEET_MACHINE is its label, the libvirt domain; SANDFLEET_IP its IP).\n" +
 			"The domains must be running when sandfleet starts."

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -166,6 +168,12 @@ func TestSpotEvictionRetriesTheTask(t *testing.T) {
 		azure: func(a *config.Azure) { a.Spot = true }})
 	task := l.submit(1, 30)[0]
 	running := l.waitRunning(task)
+	// Mid-analysis: the analyzer has started (evicted before, during the
+	// check before use, the task would go back with its attempt kept).
+	poll.Until(t, 10*time.Second, "analyzer started", func() bool {
+		_, err := os.Stat(filepath.Join(l.analysisDir(task.ID), "analysis.log"))
+		return err == nil
+	})
 	if _, err := l.emu.EvictVM("win10x64", "", instanceOf(running.RanOn)); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/sandfleet/sandfleet/internal/config"
 )
 
 // Errors drivers return (wrapped) so callers can decide without parsing text.
@@ -225,9 +227,77 @@ func (d Done) Wait(context.Context) error { return d.Err }
 // never deleted, and nothing they begin is resumable. Each of those calls
 // fails, naming the pool, with ErrUnsupported (Resume: ErrTokenRejected, so
 // the caller re-derives from the instance list).
+//
+// It also holds the configured pools of its kind, which are its groups: one
+// owned group per pool, in configuration order, its capacity the machines
+// the pool lists.
 type Fixed struct {
 	// Kind names the driver in errors: "static", "libvirt".
-	Kind string
+	Kind  string
+	pools map[string]config.Pool
+	order []string
+	image func(config.Pool) string
+}
+
+// NewFixed keeps the pools of kind (a name given twice: its last), each
+// changed by edit if not nil; image says what a pool's group reports as
+// its image.
+func NewFixed(kind string, pools []config.Pool, edit func(*config.Pool), image func(config.Pool) string) Fixed {
+	f := Fixed{Kind: kind, pools: map[string]config.Pool{}, image: image}
+	for _, p := range pools {
+		if p.Provider != kind {
+			continue
+		}
+		if edit != nil {
+			edit(&p)
+		}
+		if _, dup := f.pools[p.Name]; !dup {
+			f.order = append(f.order, p.Name)
+		}
+		f.pools[p.Name] = p
+	}
+	return f
+}
+
+// Pool returns a configured pool; ErrNotFound naming it otherwise.
+func (f Fixed) Pool(name string) (config.Pool, error) {
+	p, ok := f.pools[name]
+	if !ok {
+		return config.Pool{}, fmt.Errorf("%s pool %q: %w", f.Kind, name, ErrNotFound)
+	}
+	return p, nil
+}
+
+// Pools returns the configured pools, in configuration order.
+func (f Fixed) Pools() []config.Pool {
+	out := make([]config.Pool, 0, len(f.order))
+	for _, name := range f.order {
+		out = append(out, f.pools[name])
+	}
+	return out
+}
+
+func (f Fixed) group(p config.Pool) Group {
+	return Group{Name: p.Name, Owned: true, Capacity: len(p.Machines), Image: f.image(p), State: "Succeeded"}
+}
+
+// ListGroups returns one owned group per pool, in configuration order: the
+// configuration is the group.
+func (f Fixed) ListGroups(ctx context.Context) ([]Group, error) {
+	out := make([]Group, 0, len(f.order))
+	for _, p := range f.Pools() {
+		out = append(out, f.group(p))
+	}
+	return out, nil
+}
+
+// GetGroup returns the pool's group; ErrNotFound if it is not configured.
+func (f Fixed) GetGroup(ctx context.Context, name string) (Group, error) {
+	p, err := f.Pool(name)
+	if err != nil {
+		return Group{}, err
+	}
+	return f.group(p), nil
 }
 
 func (f Fixed) unsupported(what, pool string) (Op, error) {

@@ -50,8 +50,6 @@ type Options struct {
 type Driver struct {
 	provider.Fixed
 	o     Options
-	pools map[string]config.Pool
-	order []string
 	conns map[string]*conn // by URI: pools on one host share a connection
 }
 
@@ -69,18 +67,14 @@ func New(pools []config.Pool, o Options) (*Driver, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	d := &Driver{Fixed: provider.Fixed{Kind: "libvirt"}, o: o, pools: map[string]config.Pool{}, conns: map[string]*conn{}}
-	for _, p := range pools {
-		if p.Provider != "libvirt" {
-			continue
-		}
+	defaultURI := func(p *config.Pool) {
 		if p.URI == "" {
 			p.URI = config.DefaultLibvirtURI
 		}
-		if _, dup := d.pools[p.Name]; !dup {
-			d.order = append(d.order, p.Name)
-		}
-		d.pools[p.Name] = p
+	}
+	d := &Driver{Fixed: provider.NewFixed("libvirt", pools, defaultURI, func(p config.Pool) string { return p.Snapshot }),
+		o: o, conns: map[string]*conn{}}
+	for _, p := range d.Pools() {
 		if d.conns[p.URI] == nil {
 			c, err := newConn(p.URI, o.Logger)
 			if err != nil {
@@ -105,14 +99,6 @@ func (d *Driver) Close() {
 // to resume (a lost one is reverted again).
 func (d *Driver) Capabilities() provider.Capabilities { return provider.Capabilities{} }
 
-func (d *Driver) pool(name string) (config.Pool, error) {
-	p, ok := d.pools[name]
-	if !ok {
-		return config.Pool{}, fmt.Errorf("libvirt pool %q: %w", name, provider.ErrNotFound)
-	}
-	return p, nil
-}
-
 func (d *Driver) machine(p config.Pool, label string) (config.StaticMachine, error) {
 	for _, m := range p.Machines {
 		if m.Label == label {
@@ -129,29 +115,6 @@ func (d *Driver) call(ctx context.Context, p config.Pool, fn func(*golibvirt.Lib
 	return d.conns[p.URI].do(ctx, fn)
 }
 
-func group(p config.Pool) provider.Group {
-	return provider.Group{Name: p.Name, Owned: true, Capacity: len(p.Machines), Image: p.Snapshot, State: "Succeeded"}
-}
-
-// ListGroups returns one owned group per libvirt pool, in configuration
-// order: the configuration is the group.
-func (d *Driver) ListGroups(ctx context.Context) ([]provider.Group, error) {
-	out := make([]provider.Group, 0, len(d.order))
-	for _, name := range d.order {
-		out = append(out, group(d.pools[name]))
-	}
-	return out, nil
-}
-
-// GetGroup returns the pool's group; ErrNotFound if it is not configured.
-func (d *Driver) GetGroup(ctx context.Context, name string) (provider.Group, error) {
-	p, err := d.pool(name)
-	if err != nil {
-		return provider.Group{}, err
-	}
-	return group(p), nil
-}
-
 // domain is what one read of a domain says.
 type domain struct {
 	state  golibvirt.DomainState
@@ -163,7 +126,7 @@ type domain struct {
 // machine goes gone); a connection that cannot be had is an error, never an
 // empty list.
 func (d *Driver) ListInstances(ctx context.Context, name string) ([]provider.Instance, error) {
-	p, err := d.pool(name)
+	p, err := d.Pool(name)
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +167,7 @@ func (d *Driver) ListInstances(ctx context.Context, name string) ([]provider.Ins
 // GetInstance reads one domain fresh; ErrNotFound if the configuration does
 // not list it or libvirt does not have it.
 func (d *Driver) GetInstance(ctx context.Context, name, id string) (provider.Instance, error) {
-	p, err := d.pool(name)
+	p, err := d.Pool(name)
 	if err != nil {
 		return provider.Instance{}, err
 	}
@@ -270,7 +233,7 @@ func instance(p config.Pool, m config.StaticMachine, dom domain) provider.Instan
 // Wait. Unknown ids are ErrNotFound at once; libvirt is not called until
 // Wait, so a daemon that is down delays the revert and does not refuse it.
 func (d *Driver) Reimage(ctx context.Context, name string, ids []string) (provider.Op, error) {
-	p, err := d.pool(name)
+	p, err := d.Pool(name)
 	if err != nil {
 		return nil, err
 	}

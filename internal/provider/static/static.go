@@ -24,8 +24,6 @@ import (
 // and is safe for concurrent use.
 type Driver struct {
 	provider.Fixed
-	pools map[string]config.Pool
-	order []string
 }
 
 var _ provider.Provider = (*Driver)(nil)
@@ -36,59 +34,13 @@ func (d *Driver) Capabilities() provider.Capabilities { return provider.Capabili
 // New returns a driver for the pools whose provider is "static"; other pools
 // are ignored.
 func New(pools []config.Pool) *Driver {
-	d := &Driver{Fixed: provider.Fixed{Kind: "static"}, pools: map[string]config.Pool{}}
-	for _, p := range pools {
-		if p.Provider != "static" {
-			continue
-		}
-		if _, dup := d.pools[p.Name]; !dup {
-			d.order = append(d.order, p.Name)
-		}
-		d.pools[p.Name] = p
-	}
-	return d
-}
-
-func (d *Driver) pool(name string) (config.Pool, error) {
-	p, ok := d.pools[name]
-	if !ok {
-		return config.Pool{}, fmt.Errorf("static pool %q: %w", name, provider.ErrNotFound)
-	}
-	return p, nil
-}
-
-func group(p config.Pool) provider.Group {
-	return provider.Group{
-		Name:     p.Name,
-		Owned:    true,
-		Capacity: len(p.Machines),
-		Image:    p.Image,
-		State:    "Succeeded",
-	}
-}
-
-// ListGroups returns one owned group per static pool, in configuration order.
-func (d *Driver) ListGroups(ctx context.Context) ([]provider.Group, error) {
-	out := make([]provider.Group, 0, len(d.order))
-	for _, name := range d.order {
-		out = append(out, group(d.pools[name]))
-	}
-	return out, nil
-}
-
-// GetGroup returns the static pool's group; ErrNotFound if it is not configured.
-func (d *Driver) GetGroup(ctx context.Context, name string) (provider.Group, error) {
-	p, err := d.pool(name)
-	if err != nil {
-		return provider.Group{}, err
-	}
-	return group(p), nil
+	return &Driver{Fixed: provider.NewFixed("static", pools, nil, func(p config.Pool) string { return p.Image })}
 }
 
 // ListInstances returns the pool's configured machines, all running: sandfleet
 // has no way to know otherwise, and the guest-agent check catches dead ones.
 func (d *Driver) ListInstances(ctx context.Context, name string) ([]provider.Instance, error) {
-	p, err := d.pool(name)
+	p, err := d.Pool(name)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +54,7 @@ func (d *Driver) ListInstances(ctx context.Context, name string) ([]provider.Ins
 // GetInstance returns one configured machine, running as far as sandfleet
 // can tell; ErrNotFound if the configuration does not list it.
 func (d *Driver) GetInstance(ctx context.Context, name, id string) (provider.Instance, error) {
-	p, err := d.pool(name)
+	p, err := d.Pool(name)
 	if err != nil {
 		return provider.Instance{}, err
 	}
@@ -148,7 +100,7 @@ func firstOf(a, b string) string {
 // Op's Wait; without a reset_command the machines are reused as they are and the
 // Op is already done. Unknown ids are ErrNotFound.
 func (d *Driver) Reimage(ctx context.Context, name string, ids []string) (provider.Op, error) {
-	p, err := d.pool(name)
+	p, err := d.Pool(name)
 	if err != nil {
 		return nil, err
 	}

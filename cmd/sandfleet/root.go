@@ -49,7 +49,7 @@ func rootCmd() *cobra.Command {
 	pf.StringVar(&g.token, "token", "", "API token for client commands (default $SANDFLEET_TOKEN)")
 	api.Version = version
 	root.AddCommand(serveCmd(g), emulatorCmd(g), migrateCmd(g), versionCmd(),
-		machinesCmd(g), poolsCmd(g), checkCmd(g), doctorCmd(g), submitCmd(g), tasksCmd(g), importCapeCmd(), tokenCmd(g))
+		machinesCmd(g), poolsCmd(g), checkCmd(g), doctorCmd(g), submitCmd(g), tasksCmd(g), importCapeCmd(), tokenCmd(g), libvirtCmd(g))
 	return root
 }
 

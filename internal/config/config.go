@@ -188,7 +188,8 @@ type Pool struct {
 	// URI is a libvirt pool's connection (default qemu:///system).
 	URI string `yaml:"uri"`
 	// Snapshot is what a libvirt pool's domains are reverted to after each
-	// use, unless a machine names its own.
+	// use, unless a machine names its own; with neither, each domain's
+	// current snapshot (as CAPE's kvm.conf without a snapshot).
 	Snapshot string `yaml:"snapshot"`
 }
 
@@ -585,9 +586,10 @@ func validateMachine(mk string, m StaticMachine, labels map[string]string, bad f
 }
 
 // validateLibvirt checks a libvirt pool: a connection URI of the qemu
-// driver, domains listed as machines, each with a snapshot (its own or the
-// pool's) and, when it has one, a result-server port no other machine and
-// not the server's own listen port.
+// driver, domains listed as machines and, for a machine that has one, a
+// result-server port no other machine and not the server's own listen port.
+// A machine's snapshot is its own or the pool's; with neither, its domain's
+// current snapshot.
 func (c *Config) validateLibvirt(key string, p Pool, labels map[string]string, ports map[int]string, bad func(key, format string, args ...any)) {
 	if u, err := url.Parse(p.URI); p.URI != "" && (err != nil || !strings.HasPrefix(u.Scheme, "qemu")) {
 		bad(key+".uri", "%q: want a libvirt URI of the qemu driver (qemu:///system, qemu+ssh://host/system, …)", p.URI)
@@ -608,9 +610,6 @@ func (c *Config) validateLibvirt(key string, p Pool, labels map[string]string, p
 	for j, m := range p.Machines {
 		mk := fmt.Sprintf("%s.machines[%d]", key, j)
 		validateMachine(mk, m, labels, bad)
-		if p.SnapshotOf(m) == "" {
-			bad(mk+".snapshot", "required: the machine names none and neither does %s.snapshot", key)
-		}
 		switch port := m.ResultServerPort; {
 		case port == 0:
 		case port < 1 || port > 65535:

@@ -113,8 +113,6 @@ func TestValidationNamesTheKey(t *testing.T) {
 		{"azure: {emulator: {gallery_images: [win10, 'win 10']}}\n", `azure.emulator.gallery_images[1]: "win 10": use letters, digits`},
 		{"azure: {emulator: {gallery_images: [win10, -win10]}}\n", `azure.emulator.gallery_images[1]: "-win10"`},
 		{"azure: {emulator: {gallery_images: [win10, WIN10]}}\n", `azure.emulator.gallery_images[1]: "WIN10" already listed at [0]`},
-		{"pools:\n  - {name: k, provider: libvirt, platform: linux, machines: [{label: d1, ip: 127.0.0.2}]}\n",
-			"pools[0].machines[0].snapshot: required: the machine names none and neither does pools[0].snapshot"},
 		{"pools:\n  - {name: k, provider: libvirt, platform: linux, snapshot: s}\n", "pools[0].machines: a libvirt pool needs at least one machine"},
 		{"pools:\n  - {name: k, provider: libvirt, platform: linux, uri: 'vbox:///session', snapshot: s, machines: [{label: d1, ip: 127.0.0.2}]}\n",
 			`pools[0].uri: "vbox:///session": want a libvirt URI of the qemu driver`},

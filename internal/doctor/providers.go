@@ -43,7 +43,7 @@ func (r *run) providers(ctx context.Context) []Check {
 }
 
 // libvirtPools checks that libvirt answers at each pool's uri and has every
-// domain the pool lists.
+// domain the pool lists, each with the snapshot it is reverted to.
 func libvirtPools(ctx context.Context, pools []config.Pool) []Check {
 	drv, err := libvirt.New(pools, libvirt.Options{})
 	if err != nil {
@@ -62,18 +62,31 @@ func libvirtPools(ctx context.Context, pools []config.Pool) []Check {
 		for _, in := range insts {
 			have[in.ID] = in
 		}
-		var missing, names []string
+		var missing, unsnapped, names []string
 		for _, m := range p.Machines {
 			in, ok := have[m.Label]
 			if !ok {
 				missing = append(missing, m.Label)
 				continue
 			}
-			names = append(names, fmt.Sprintf("%s %s (%s, snapshot %s)", m.Label, m.IP, in.Raw, p.SnapshotOf(m)))
+			if err := drv.HasSnapshot(ctx, libvirt.Target{Pool: p, Machine: m}); err != nil {
+				unsnapped = append(unsnapped, err.Error())
+				continue
+			}
+			snap := p.SnapshotOf(m)
+			if snap == "" {
+				snap = "current"
+			}
+			names = append(names, fmt.Sprintf("%s %s (%s, snapshot %s)", m.Label, m.IP, in.Raw, snap))
 		}
 		if len(missing) > 0 {
 			out = append(out, fail("libvirt "+p.Name, fmt.Sprintf("no domain %s at %s", strings.Join(missing, ", "), p.URI),
 				"define the domains (virsh define), or correct pools[].machines[].label"))
+			continue
+		}
+		if len(unsnapped) > 0 {
+			out = append(out, fail("libvirt "+p.Name, strings.Join(unsnapped, "; "),
+				"start each guest clean with its agent, then: sandfleet libvirt snapshot LABEL"))
 			continue
 		}
 		out = append(out, pass("libvirt "+p.Name, fmt.Sprintf("%s at %s: %s (their agents are asked once ready)",

@@ -149,9 +149,18 @@ func (c *conn) do(ctx context.Context, fn func(*golibvirt.Libvirt) error) error 
 	return err
 }
 
+// answer marks an error a call made of what the daemon answered (a domain
+// in the wrong state, say): the connection is fine.
+type answer struct{ error }
+
+func (a answer) Unwrap() error { return a.error }
+
 // transport reports whether err is the connection failing rather than the
 // daemon answering.
 func transport(err error) bool {
+	if errors.As(err, new(answer)) {
+		return false
+	}
 	var e golibvirt.Error
 	if !errors.As(err, &e) {
 		return true

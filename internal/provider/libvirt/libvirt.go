@@ -279,7 +279,8 @@ func (o *revertOp) Wait(ctx context.Context) error {
 	return nil
 }
 
-// revert reverts one domain to its snapshot, running, and waits until it
+// revert reverts one domain to its snapshot (its current one when none is
+// named, as CAPE's kvm machinery takes it), running, and waits until it
 // reports running.
 func (d *Driver) revert(ctx context.Context, p config.Pool, m config.StaticMachine) error {
 	snap := p.SnapshotOf(m)
@@ -288,7 +289,12 @@ func (d *Driver) revert(ctx context.Context, p config.Pool, m config.StaticMachi
 		if err != nil {
 			return err
 		}
-		s, err := lv.DomainSnapshotLookupByName(dom, snap, 0)
+		var s golibvirt.DomainSnapshot
+		if snap == "" {
+			s, err = lv.DomainSnapshotCurrent(dom, 0)
+		} else {
+			s, err = lv.DomainSnapshotLookupByName(dom, snap, 0)
+		}
 		if err != nil {
 			return err
 		}
@@ -298,13 +304,13 @@ func (d *Driver) revert(ctx context.Context, p config.Pool, m config.StaticMachi
 	case golibvirt.IsNotFound(err):
 		return fmt.Errorf("domain %q: %w", m.Label, provider.ErrNotFound)
 	case isNoSnapshot(err):
-		return fmt.Errorf("domain %q has no snapshot %q (take it while the guest runs clean: virsh snapshot-create-as %s %s): %w",
-			m.Label, snap, m.Label, snap, err)
+		return fmt.Errorf("domain %q has no %s (take it while the guest runs clean: sandfleet libvirt snapshot %s): %w",
+			m.Label, snapshotName(snap), m.Label, err)
 	case err != nil:
 		if _, throttled := provider.AsThrottled(err); throttled {
 			return err
 		}
-		return fmt.Errorf("to snapshot %q: %w", snap, err)
+		return fmt.Errorf("to %s: %w", snapshotName(snap), err)
 	}
 	wait, cancel := context.WithTimeout(ctx, d.o.RunningWait)
 	defer cancel()
@@ -323,11 +329,20 @@ func (d *Driver) revert(ctx context.Context, p config.Pool, m config.StaticMachi
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("reverted to snapshot %q, but the domain is %s after %s, not running",
-				snap, states[dom.state].raw, d.o.RunningWait)
+			return fmt.Errorf("reverted to %s, but the domain is %s after %s, not running",
+				snapshotName(snap), states[dom.state].raw, d.o.RunningWait)
 		case <-tick.C:
 		}
 	}
+}
+
+// snapshotName names a snapshot in a message; an unnamed one is the
+// domain's current snapshot.
+func snapshotName(snap string) string {
+	if snap == "" {
+		return "current snapshot"
+	}
+	return fmt.Sprintf("snapshot %q", snap)
 }
 
 func isNoSnapshot(err error) bool {

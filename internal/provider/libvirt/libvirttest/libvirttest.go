@@ -205,7 +205,8 @@ func NewHost(tb testing.TB) *Host {
 }
 
 // Boot defines and starts n guests, waits for their agents, and takes the
-// running snapshot named snapshot of each. Their analyzers run for analysis.
+// running snapshot named snapshot of each (none when snapshot is empty).
+// Their analyzers run for analysis.
 func (h *Host) Boot(n int, snapshot string, analysis time.Duration) []Guest {
 	h.tb.Helper()
 	guests := make([]Guest, n)
@@ -250,6 +251,9 @@ func (h *Host) boot(g Guest, snapshot string, analysis time.Duration) error {
 	}
 	if err := WaitAgent(g.IP, 2*time.Minute); err != nil {
 		return fmt.Errorf("guest %s: %w", g.Name, err)
+	}
+	if snapshot == "" {
+		return nil
 	}
 	_, err := Virsh("snapshot-create-as", g.Name, snapshot)
 	return err

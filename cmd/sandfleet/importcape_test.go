@@ -67,7 +67,7 @@ func TestImportCapeCommandRejected(t *testing.T) {
 	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(err.Error(), "resultserver.advertise_ip") {
 		t.Fatalf("err = %v, want exit status 1 naming resultserver.advertise_ip", err)
 	}
-	if !strings.Contains(out, "provider: static") {
+	if !strings.Contains(out, "provider: libvirt") {
 		t.Errorf("the YAML was not printed:\n%s", out)
 	}
 	if _, _, err := runImport(t); err == nil || !strings.Contains(err.Error(), "--conf") {

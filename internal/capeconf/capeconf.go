@@ -171,6 +171,10 @@ type rsClaim struct {
 	file *File
 	ip   *Option // nil: the machine takes cuckoo.conf's [resultserver] ip
 	port *Option // nil: the machine takes cuckoo.conf's [resultserver] port
+	// own: a libvirt machine, pools[pool].machines[machine], which can
+	// have a result-server port of its own.
+	own           bool
+	pool, machine int
 }
 
 func (m *mapper) chooseMachinery(files map[string]*File) error {

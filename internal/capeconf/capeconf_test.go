@@ -277,19 +277,20 @@ func TestCAPEDefaultAzure(t *testing.T) {
 	}
 }
 
-// TestCAPEDefaultKVM: kvm.conf's machine becomes a static pool whose
-// reset_command reverts the domain with virsh, CAPE's dsn and all.
+// TestCAPEDefaultKVM: kvm.conf's machine becomes a libvirt pool on CAPE's
+// dsn; naming no snapshot, it is reverted to its domain's current one.
 func TestCAPEDefaultKVM(t *testing.T) {
 	r, yml := importDir(t, filepath.Join("testdata", "cape-default"))
 	cfg := loadYAML(t, yml)
-	want := []config.Pool{{Name: "kvm", Provider: "static", Platform: "windows",
-		Machines:     []config.StaticMachine{{Label: "cuckoo1", IP: "192.168.122.105", Arch: "x86", Platform: "windows"}},
-		ResetCommand: `virsh -c qemu:///system snapshot-revert "$SANDFLEET_MACHINE" --current --running`}}
+	want := []config.Pool{{Name: "kvm", Provider: "libvirt", Platform: "windows", URI: "qemu:///system",
+		Machines: []config.StaticMachine{{Label: "cuckoo1", IP: "192.168.122.105", Arch: "x86", Platform: "windows"}}}}
 	if !reflect.DeepEqual(cfg.Pools, want) {
 		t.Errorf("pools = %+v, want %+v", cfg.Pools, want)
 	}
-	if !strings.Contains(yml, "import-cape does not write it yet") || !strings.Contains(yml, "cape1.label, cape1.platform") {
-		t.Errorf("the YAML lacks the static-pool explanation or the unlisted [cape1]:\n%s", yml)
+	for _, s := range []string{"uri: qemu:///system # kvm.dsn", "reverted to its domain's current one", "sandfleet libvirt", "cape1.label, cape1.platform"} {
+		if !strings.Contains(yml, s) {
+			t.Errorf("the YAML lacks %q:\n%s", s, yml)
+		}
 	}
 	if len(r.Machinery) != 1 || r.Machinery[0] != "kvm" {
 		t.Errorf("machinery = %v (cuckoo.machinery is kvm)", r.Machinery)
@@ -342,16 +343,16 @@ func TestEditedInstallation(t *testing.T) {
 	if !reflect.DeepEqual(a, wantAz) {
 		t.Errorf("azure =\n%+v\nwant\n%+v", a, wantAz)
 	}
-	const revert = `virsh -c qemu+ssh://root@kvmhost/system snapshot-revert "$SANDFLEET_MACHINE" `
+	const kvmhost = "qemu+ssh://root@kvmhost/system"
 	want := []config.Pool{
 		{Name: "win10x64", Provider: "azure", Platform: "windows", Arch: "x64", Tags: []string{"win10"}, Image: "win10-22h2", InitialSize: 2, MaxSize: 10},
 		{Name: "ubuntu22", Provider: "azure", Platform: "linux", Arch: "x64", Tags: []string{"ubuntu22", "linux"}, Image: "ubuntu-22.04", MaxSize: 10, Reserved: true},
-		{Name: "kvm-clean", Provider: "static", Platform: "windows", ResetCommand: revert + "clean --running",
-			Machines: []config.StaticMachine{{Label: "win10-1", IP: "192.168.122.101", Arch: "x64", Platform: "windows", Tags: []string{"win10", "office2016"}}}},
-		{Name: "kvm-clean-reserved", Provider: "static", Platform: "windows", Reserved: true, ResetCommand: revert + "clean --running",
+		{Name: "kvm", Provider: "libvirt", Platform: "windows", URI: kvmhost,
+			Machines: []config.StaticMachine{
+				{Label: "win10-1", IP: "192.168.122.101", Arch: "x64", Platform: "windows", Tags: []string{"win10", "office2016"}, Snapshot: "clean"},
+				{Label: "ubuntu-1", IP: "192.168.122.103", Arch: "x64", Platform: "linux"}}},
+		{Name: "kvm-reserved", Provider: "libvirt", Platform: "windows", Reserved: true, URI: kvmhost, Snapshot: "clean", Image: "clean",
 			Machines: []config.StaticMachine{{Label: "win10-2", IP: "192.168.122.102", Arch: "x64", Platform: "windows", Tags: []string{"win10"}}}},
-		{Name: "kvm-current", Provider: "static", Platform: "linux", ResetCommand: revert + "--current --running",
-			Machines: []config.StaticMachine{{Label: "ubuntu-1", IP: "192.168.122.103", Arch: "x64", Platform: "linux"}}},
 		{Name: "physical", Provider: "static", Platform: "windows",
 			Machines: []config.StaticMachine{{Label: "physical01", IP: "192.168.117.164", Arch: "x64", Platform: "windows", Tags: []string{"bare-metal"}}}},
 	}
@@ -544,6 +545,36 @@ func TestREADMEAzTable(t *testing.T) {
 			if !found {
 				t.Errorf("README maps %s to %s; import-cape to %v", o.Key, cell, keys[o.Key])
 			}
+		}
+	}
+}
+
+// TestKVMMachinePorts: a kvm.conf machine told a result-server port of its
+// own keeps it in its libvirt pool (sandfleet listens on it); two told the
+// same one cannot both have it, and the second is named.
+func TestKVMMachinePorts(t *testing.T) {
+	dir := t.TempDir()
+	writeConf(t, dir, "cuckoo.conf", "[cuckoo]\nmachinery = kvm\n[resultserver]\nip = 10.0.0.1\nport = 2042\n")
+	writeConf(t, dir, "kvm.conf", "[kvm]\nmachines = a, b, c\ndsn = qemu:///system\n"+
+		"[a]\nlabel = a\nplatform = linux\nip = 10.0.0.2\narch = x64\nsnapshot = s1\nresultserver_port = 2100\n"+
+		"[b]\nlabel = b\nplatform = linux\nip = 10.0.0.3\narch = x64\nsnapshot = s2\nresultserver_port = 2100\n"+
+		"[c]\nlabel = c\nplatform = linux\nip = 10.0.0.4\narch = x64\nresultserver_port = 2042\n")
+	r, yml := importDir(t, dir)
+	cfg := loadYAML(t, yml)
+	checkRoundTrip(t, r, cfg)
+	checkEveryOption(t, dir, r, yml, nil)
+	want := []config.Pool{{Name: "kvm", Provider: "libvirt", Platform: "linux", URI: "qemu:///system", Machines: []config.StaticMachine{
+		{Label: "a", IP: "10.0.0.2", Arch: "x64", Platform: "linux", Snapshot: "s1", ResultServerPort: 2100},
+		{Label: "b", IP: "10.0.0.3", Arch: "x64", Platform: "linux", Snapshot: "s2"},
+		{Label: "c", IP: "10.0.0.4", Arch: "x64", Platform: "linux"},
+	}}}
+	if !reflect.DeepEqual(cfg.Pools, want) {
+		t.Errorf("pools =\n%+v\nwant\n%+v", cfg.Pools, want)
+	}
+	for _, s := range []string{"resultserver_port: 2100 # a.resultserver_port", "b.resultserver_port: not carried over: port 2100 is already a's own",
+		"reverted to its domain's current one"} {
+		if !strings.Contains(yml, s) && !strings.Contains(flatten(yml), s) {
+			t.Errorf("the YAML lacks %q:\n%s", s, yml)
 		}
 	}
 }

@@ -277,6 +277,7 @@ func (m *mapper) resultServer(files map[string]*File) {
 	if advertise {
 		rs.AdvertiseIP = chosen
 	}
+	owner := map[int]string{} // a libvirt machine's own port → its label
 	for _, c := range m.rs {
 		if v, ok := ipOf[c.ip]; ok && c.ip != nil {
 			switch {
@@ -303,6 +304,14 @@ func (m *mapper) resultServer(files map[string]*File) {
 			m.note(c.file, c.port, "not carried over: "+err.Error())
 		case n == port:
 			m.use(c.file, c.port, "resultserver.listen", "")
+		case c.own && n > 0 && n <= 65535 && owner[n] == "":
+			pm := &m.cfg.Pools[c.pool].Machines[c.machine]
+			pm.ResultServerPort = n
+			owner[n] = pm.Label
+			m.use(c.file, c.port, fmt.Sprintf("pools[%d].machines[%d].resultserver_port", c.pool, c.machine),
+				"a port of its own: sandfleet listens on it too, and tells the machine it")
+		case c.own && owner[n] != "":
+			m.note(c.file, c.port, fmt.Sprintf("not carried over: port %d is already %s's own", n, owner[n]))
 		default:
 			m.note(c.file, c.port, fmt.Sprintf("not carried over: sandfleet tells every machine the port it listens on (%d); a port of their own (NAT) is not supported", port))
 		}

@@ -14,15 +14,16 @@ type machine struct {
 	m        config.StaticMachine
 	reserved bool
 	snapshot string
+	rs       int // its claim in mapper.rs
 	used     map[string]*Option // field → the option it came from
 	remarks  map[string]string
 }
 
 // machines maps kvm.conf or physical.conf (kind "kvm" or "physical") to
-// static pools. A KVM machine becomes a static machine whose reset_command
-// reverts its snapshot with virsh (a libvirt pool, which reverts through
-// libvirt's API, is written by hand for now); a physical machine is reused as it is unless the operator writes a
-// reset_command (CAPE re-imaged them through FOG).
+// pools. A KVM machine becomes a libvirt pool's machine, reverted to its
+// snapshot after each use; a physical machine a static pool's, reused as it
+// is unless the operator writes a reset_command (CAPE re-imaged them
+// through FOG).
 func (m *mapper) machines(f *File, kind string) {
 	main := f.Section(kind)
 	if main == nil {
@@ -144,99 +145,81 @@ func (m *mapper) machine(f *File, kind, id string) *machine {
 	}
 	snap := f.lookup(sec, "snapshot")
 	if kind == "kvm" {
-		mc.snapshot = get("snapshot", "reset_command")
+		mc.snapshot = get("snapshot", "snapshot")
 	} else if snap != nil {
 		m.note(f, snap, "not used: a physical machine has no snapshot")
 	}
 	if o := f.lookup(sec, "interface"); o != nil {
 		m.note(f, o, "not used: sandfleet does not capture traffic")
 	}
+	mc.rs = len(m.rs)
 	m.rs = append(m.rs, rsClaim{file: f, ip: f.lookup(sec, "resultserver_ip"), port: f.lookup(sec, "resultserver_port")})
 	return mc
 }
 
-// pools groups machines into static pools. A pool is reserved or not as a
-// whole, and kvm machines share a reset_command, hence a snapshot: so one
-// pool per (reserved, snapshot), named after what sets it apart.
+// pools groups machines into pools: kvm.conf's into libvirt pools, which
+// revert each domain to its own snapshot through libvirt's API,
+// physical.conf's into static pools. A pool is reserved or not as a whole,
+// so one pool per reserved-ness: kind, kind-reserved.
 func (m *mapper) pools(f *File, kind string, listOpt *Option, ms []*machine, dsn string, dsnOpt *Option) {
-	type group struct {
-		reserved bool
-		snapshot string
-		ms       []*machine
-	}
-	var groups []*group
-	snaps := map[string]bool{}
-	for _, mc := range ms {
-		snaps[mc.snapshot] = true
-		var g *group
-		for _, h := range groups {
-			if h.reserved == mc.reserved && h.snapshot == mc.snapshot {
-				g = h
+	var groups [][]*machine
+	for _, reserved := range []bool{false, true} {
+		var g []*machine
+		for _, mc := range ms {
+			if mc.reserved == reserved {
+				g = append(g, mc)
 			}
 		}
-		if g == nil {
-			g = &group{reserved: mc.reserved, snapshot: mc.snapshot}
+		if len(g) > 0 {
 			groups = append(groups, g)
 		}
-		g.ms = append(g.ms, mc)
 	}
 	for gi, g := range groups {
+		reserved := g[0].reserved
 		name := kind
-		if len(snaps) > 1 {
-			name += "-" + orDefault(g.snapshot, "current")
-		}
-		if g.reserved {
+		if reserved {
 			name += "-reserved"
 		}
 		i := len(m.cfg.Pools)
-		p := config.Pool{Name: m.poolName(name), Provider: "static", Platform: g.ms[0].m.Platform}
+		p := config.Pool{Name: m.poolName(name), Provider: "static", Platform: g[0].m.Platform, Reserved: reserved}
 		at := func(k string) string { return fmt.Sprintf("pools[%d].%s", i, k) }
+		mat := func(j int, k string) string { return fmt.Sprintf("pools[%d].machines[%d].%s", i, j, k) }
 		item := fmt.Sprintf("pools[%d]", i)
 		if gi == 0 {
-			m.head(item, m.poolHead(f, kind))
+			m.head(item, m.poolHead(kind))
 		}
-		switch {
-		case g.reserved && len(snaps) > 1:
-			m.head(item, fmt.Sprintf("reserved machines reverted to %s: only a task naming one of them gets it", orDefault(g.snapshot, "their current snapshot")))
-		case g.reserved:
+		if reserved {
 			m.head(item, "reserved machines: only a task naming one of them gets it")
-		case len(snaps) > 1:
-			m.head(item, "machines reverted to "+orDefault(g.snapshot, "their current snapshot"))
 		}
 		m.set(at("name"), "")
 		m.set(at("provider"), "")
 		m.set(at("platform"), "the first machine's; each machine says its own")
 		// reserved = no is as much an option as yes: it is named on the
 		// pool's reserved key either way.
-		p.Reserved = g.reserved
-		for _, mc := range g.ms {
+		for _, mc := range g {
 			if o := mc.used["reserved"]; o != nil {
 				m.use(f, o, at("reserved"), "")
 			}
 		}
 		switch kind {
 		case "kvm":
-			p.ResetCommand = virshRevert(dsn, g.snapshot)
+			p.Provider, p.URI = "libvirt", dsn
 			if dsnOpt != nil {
-				m.use(f, dsnOpt, at("reset_command"), "")
+				m.use(f, dsnOpt, at("uri"), "")
 			}
-			for _, mc := range g.ms {
-				if o := mc.used["reset_command"]; o != nil {
-					m.use(f, o, at("reset_command"), "")
-				}
-			}
-			if g.snapshot == "" {
-				m.set(at("reset_command"), "no snapshot named: the domain's current one, as CAPE takes it")
-			}
+			m.snapshots(f, &p, g, at, mat)
 		case "physical":
 			m.set(at("reset_command"), "empty: a machine is reused as it is; CAPE re-imaged them through FOG, which a command here can ask for (SANDFLEET_MACHINE and SANDFLEET_IP are set)")
 		}
 		m.use(f, listOpt, at("machines"), "")
-		for j, mc := range g.ms {
-			mat := func(k string) string { return fmt.Sprintf("pools[%d].machines[%d].%s", i, j, k) }
+		for j, mc := range g {
+			if kind == "kvm" {
+				c := &m.rs[mc.rs]
+				c.own, c.pool, c.machine = true, i, j
+			}
 			for _, field := range []string{"label", "ip", "platform", "arch", "tags"} {
 				if o := mc.used[field]; o != nil {
-					m.use(f, o, mat(field), "")
+					m.use(f, o, mat(j, field), "")
 				}
 			}
 			p.Machines = append(p.Machines, mc.m)
@@ -245,37 +228,46 @@ func (m *mapper) pools(f *File, kind string, listOpt *Option, ms []*machine, dsn
 	}
 }
 
-func (m *mapper) poolHead(f *File, kind string) string {
+// snapshots sets what a libvirt pool's machines are reverted to: the
+// pool's snapshot when they all name the same one, else each machine's
+// own. A machine naming none is reverted to its domain's current snapshot,
+// as CAPE takes it.
+func (m *mapper) snapshots(f *File, p *config.Pool, g []*machine, at func(string) string, mat func(int, string) string) {
+	shared := g[0].snapshot
+	for _, mc := range g {
+		if mc.snapshot != shared {
+			shared = ""
+		}
+	}
+	if shared != "" {
+		p.Snapshot, p.Image = shared, shared // a libvirt pool's image is its snapshot
+		for _, mc := range g {
+			m.use(f, mc.used["snapshot"], at("snapshot"), "")
+		}
+		return
+	}
+	current := false
+	for j, mc := range g {
+		if mc.snapshot == "" {
+			current = true
+			continue
+		}
+		mc.m.Snapshot = mc.snapshot
+		m.use(f, mc.used["snapshot"], mat(j, "snapshot"), "")
+	}
+	if current {
+		m.set(at("machines"), "a machine naming no snapshot is reverted to its domain's current one, as CAPE takes it")
+	}
+}
+
+func (m *mapper) poolHead(kind string) string {
 	if kind == "kvm" {
-		return "kvm.conf machines, as static pools (provider: libvirt does this through libvirt's API; import-cape does not write it yet).\n" +
-			"After each use, reset_command reverts the machine's snapshot with virsh\n" +
-			"(SANDFLEET_MACHINE is its label, the libvirt domain; SANDFLEET_IP its IP).\n" +
-			"The domains must be running when sandfleet starts."
+		return "kvm.conf machines, as libvirt pools: after each use sandfleet reverts\n" +
+			"the domain (the machine's label) to its running snapshot through libvirt.\n" +
+			"The domains must be running when sandfleet starts; `sandfleet libvirt\n" +
+			"snapshot LABEL` takes a snapshot a domain lacks (`sandfleet doctor` says which)."
 	}
 	return "physical.conf machines, as static pools: sandfleet never creates or re-images them."
-}
-
-// virshRevert is the reset_command that does what CAPE's kvm machinery does
-// before each use: revert the domain to its snapshot, running.
-func virshRevert(dsn, snapshot string) string {
-	cmd := "virsh"
-	if dsn != "" {
-		cmd += " -c " + shellQuote(dsn)
-	}
-	cmd += ` snapshot-revert "$SANDFLEET_MACHINE"`
-	if snapshot == "" {
-		return cmd + " --current --running"
-	}
-	return cmd + " " + shellQuote(snapshot) + " --running"
-}
-
-var shellSafe = regexp.MustCompile(`^[A-Za-z0-9_@%+=:,./-]+$`)
-
-func shellQuote(s string) string {
-	if shellSafe.MatchString(s) {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 var poolNameUnsafe = regexp.MustCompile(`[^A-Za-z0-9-]+`)

@@ -174,23 +174,23 @@ func (c *Config) EmulatorDir() string { return filepath.Join(c.DataDir, "emulato
 // Pool is one pool of interchangeable machines: an Azure scale set, a set of
 // libvirt domains, or a list of static machines.
 type Pool struct {
-	Name         string          `yaml:"name"`
-	Provider     string          `yaml:"provider"`
-	Platform     string          `yaml:"platform"`
-	Arch         string          `yaml:"arch"`
-	Tags         []string        `yaml:"tags"`
-	Image        string          `yaml:"image"`
-	InitialSize  int             `yaml:"initial_size"`
-	MaxSize      int             `yaml:"max_size"`
-	Reserved     bool            `yaml:"reserved"`
-	Machines     []StaticMachine `yaml:"machines"`
-	ResetCommand string          `yaml:"reset_command"`
+	Name        string   `yaml:"name"`
+	Provider    string   `yaml:"provider"`
+	Platform    string   `yaml:"platform"`
+	Arch        string   `yaml:"arch"`
+	Tags        []string `yaml:"tags"`
+	Image       string   `yaml:"image"`
+	InitialSize int      `yaml:"initial_size"`
+	MaxSize     int      `yaml:"max_size"`
+	Reserved    bool     `yaml:"reserved"`
 	// URI is a libvirt pool's connection (default qemu:///system).
 	URI string `yaml:"uri"`
 	// Snapshot is what a libvirt pool's domains are reverted to after each
 	// use, unless a machine names its own; with neither, each domain's
 	// current snapshot (as CAPE's kvm.conf without a snapshot).
-	Snapshot string `yaml:"snapshot"`
+	Snapshot     string          `yaml:"snapshot"`
+	Machines     []StaticMachine `yaml:"machines"`
+	ResetCommand string          `yaml:"reset_command"`
 }
 
 // StaticMachine is a machine the configuration lists: a static pool's, or a

@@ -194,15 +194,80 @@ func (e *libvirtEvents) checkRevertedBetweenUses(t *testing.T, domain string, ev
 	return uses
 }
 
-// TestLibvirtDeletedSnapshot deletes one guest's snapshot behind
-// sandfleet's back: that machine's reverts fail, it ends quarantined with a
-// reason naming the snapshot, and the other guest serves every task.
+// importKVM writes CAPE's cuckoo.conf and kvm.conf for guests, each
+// machine told a result-server port of its own, and returns the
+// configuration `sandfleet import-cape` makes of them, with a data
+// directory, an API address and a result server on loopback added.
+func importKVM(t *testing.T, dir string, guests []libvirttest.Guest) (path, listen string) {
+	t.Helper()
+	capeDir := filepath.Join(dir, "cape")
+	if err := os.Mkdir(capeDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, rsPort, _ := strings.Cut(freePort(t), ":")
+	kvm := "[kvm]\nmachines = "
+	var sections strings.Builder
+	for i, g := range guests {
+		if i > 0 {
+			kvm += ", "
+		}
+		kvm += fmt.Sprintf("cuckoo%d", i+1)
+		_, port, _ := strings.Cut(freePort(t), ":")
+		fmt.Fprintf(&sections, "\n[cuckoo%d]\nlabel = %s\nplatform = linux\nip = %s\narch = x64\nsnapshot = clean\nresultserver_port = %s\n",
+			i+1, g.Name, g.IP, port)
+	}
+	kvm += "\ndsn = " + libvirttest.URI + "\n" + sections.String()
+	cuckoo := "[cuckoo]\nmachinery = kvm\n[resultserver]\nip = 10.0.2.2\nport = " + rsPort + "\n"
+	for name, text := range map[string]string{"cuckoo.conf": cuckoo, "kvm.conf": kvm} {
+		if err := os.WriteFile(filepath.Join(capeDir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command(binary, "import-cape", "--conf", capeDir).Output()
+	if err != nil {
+		t.Fatalf("import-cape: %v\n%s", err, out)
+	}
+	yml := string(out)
+	for i := range guests {
+		if !strings.Contains(yml, fmt.Sprintf("resultserver_port: %s", mustPort(t, kvm, i))) {
+			t.Fatalf("import-cape did not give cuckoo%d its result-server port:\n%s", i+1, yml)
+		}
+	}
+	// CAPE binds the address it tells the machines; here the guests reach
+	// the host's loopback as 10.0.2.2, so the server stays on loopback.
+	yml = strings.Replace(yml, "listen: 0.0.0.0:"+rsPort, "listen: 127.0.0.1:"+rsPort, 1)
+	listen = freePort(t)
+	yml += fmt.Sprintf("listen: %s\ndata_dir: %s\nfleet: { reconcile_interval: 1s, health_interval: 30s }\ntimeouts: { cloud_operation: 120s }\n", listen, dir)
+	path = filepath.Join(dir, "sandfleet.yaml")
+	if err := os.WriteFile(path, []byte(yml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path, listen
+}
+
+// mustPort returns the i-th machine's resultserver_port in a kvm.conf.
+func mustPort(t *testing.T, kvm string, i int) string {
+	t.Helper()
+	_, rest, _ := strings.Cut(kvm, fmt.Sprintf("[cuckoo%d]", i+1))
+	_, rest, ok := strings.Cut(rest, "resultserver_port = ")
+	if !ok {
+		t.Fatalf("no resultserver_port for cuckoo%d", i+1)
+	}
+	port, _, _ := strings.Cut(rest, "\n")
+	return port
+}
+
+// TestLibvirtDeletedSnapshot runs on the configuration import-cape makes
+// of CAPE's kvm.conf for two guests, and deletes one guest's snapshot
+// behind sandfleet's back: that machine's reverts fail, it ends
+// quarantined with a reason naming the snapshot, and the other guest
+// serves every other task.
 func TestLibvirtDeletedSnapshot(t *testing.T) {
 	h := libvirttest.NewHost(t)
 	guests := h.Boot(2, "clean", time.Second)
 	broken, other := guests[0].Name, guests[1].Name
 	dir := t.TempDir()
-	conf, listen := libvirtConfig(t, dir, guests)
+	conf, listen := importKVM(t, dir, guests)
 	d := startDaemon(t, conf, listen)
 	d.waitReady(t, 2, 2*time.Minute)
 
@@ -246,6 +311,10 @@ func TestLibvirtDeletedSnapshot(t *testing.T) {
 	for _, task := range ts {
 		if task.Status != store.TaskCompleted {
 			t.Errorf("task %d ended %s (%q), want completed", task.ID, task.Status, task.Error)
+		}
+		log, err := os.ReadFile(filepath.Join(dir, "analyses", fmt.Sprint(task.ID), "analysis.log"))
+		if err != nil || !strings.Contains(string(log), fmt.Sprintf("task %d:", task.ID)) {
+			t.Errorf("task %d: analysis.log %q, %v; want its own analyzer's log, through its machine's own port", task.ID, log, err)
 		}
 		if want := map[bool]string{true: broken, false: other}[task.ID == ids[0]]; task.RanOn != want {
 			t.Errorf("task %d ran on %q, want %s", task.ID, task.RanOn, want)

@@ -14,7 +14,7 @@ type machine struct {
 	m        config.StaticMachine
 	reserved bool
 	snapshot string
-	rs       int // its claim in mapper.rs
+	rs       int                // its claim in mapper.rs
 	used     map[string]*Option // field → the option it came from
 	remarks  map[string]string
 }

@@ -109,7 +109,7 @@ func TestSixtyTasksThroughThreeKills(t *testing.T) {
 }
 
 // countEnded counts the tasks that ended, completed or failed.
-func countEnded(t *testing.T, st store.Store) int {
+func countEnded(t testing.TB, st store.Store) int {
 	t.Helper()
 	ts, err := st.ListTasks(context.Background(), store.TaskFilter{Statuses: []store.TaskStatus{store.TaskCompleted, store.TaskFailedAnalysis}})
 	if err != nil {

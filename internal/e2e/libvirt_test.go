@@ -20,7 +20,7 @@ import (
 // libvirtConfig writes a configuration with one libvirt pool over guests,
 // each reporting to a result-server port of its own through QEMU's user
 // network (10.0.2.2 is the host's loopback, seen from a guest).
-func libvirtConfig(t *testing.T, dir string, guests []libvirttest.Guest) (path, listen string) {
+func libvirtConfig(t testing.TB, dir string, guests []libvirttest.Guest) (path, listen string) {
 	t.Helper()
 	listen = freePort(t)
 	var machines strings.Builder

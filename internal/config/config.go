@@ -587,7 +587,8 @@ func validateMachine(mk string, m StaticMachine, labels map[string]string, bad f
 
 // validateLibvirt checks a libvirt pool: a connection URI of the qemu
 // driver, domains listed as machines and, for a machine that has one, a
-// result-server port no other machine and not the server's own listen port.
+// result-server port no other machine has (the server's own listen port is
+// no port of its own: the machine is then told apart by its address).
 // A machine's snapshot is its own or the pool's; with neither, its domain's
 // current snapshot.
 func (c *Config) validateLibvirt(key string, p Pool, labels map[string]string, ports map[int]string, bad func(key, format string, args ...any)) {
@@ -615,7 +616,8 @@ func (c *Config) validateLibvirt(key string, p Pool, labels map[string]string, p
 		case port < 1 || port > 65535:
 			bad(mk+".resultserver_port", "%d is not a port", port)
 		case strconv.Itoa(port) == rsPort:
-			bad(mk+".resultserver_port", "%d is resultserver.listen's own port: a machine's port must be its own", port)
+			// The server's own port: the machine has none of its own and
+			// is told apart by its address, as with no port named.
 		case ports[port] != "":
 			bad(mk+".resultserver_port", "%d already used by %s", port, ports[port])
 		default:
@@ -637,10 +639,11 @@ func (c *Config) validateNotLibvirt(key string, p Pool, bad func(key, format str
 // MachinePorts are the result-server ports machines have of their own, in
 // configuration order.
 func (c *Config) MachinePorts() []int {
+	_, rsPort, _ := net.SplitHostPort(c.ResultServer.Listen)
 	var out []int
 	for _, p := range c.Pools {
 		for _, m := range p.Machines {
-			if m.ResultServerPort != 0 {
+			if m.ResultServerPort != 0 && strconv.Itoa(m.ResultServerPort) != rsPort {
 				out = append(out, m.ResultServerPort)
 			}
 		}

@@ -196,12 +196,17 @@ type Host struct {
 }
 
 // NewHost returns a host whose guests are named with a prefix of their own,
-// so that tests running at once never share a domain.
+// so that tests running at once never share a domain. It holds the host's
+// libvirt daemon for the test: tests of several packages (go test runs
+// packages at once) take turns, so that one that stops and starts the
+// daemon never cuts another's calls short.
 func NewHost(tb testing.TB) *Host {
 	tb.Helper()
+	im := NewImage(tb)
+	hold(tb)
 	var b [3]byte
 	_, _ = rand.Read(b[:])
-	return &Host{tb: tb, im: NewImage(tb), prefix: "sf" + hex.EncodeToString(b[:])}
+	return &Host{tb: tb, im: im, prefix: "sf" + hex.EncodeToString(b[:])}
 }
 
 // Boot defines and starts n guests, waits for their agents, and takes the
@@ -357,6 +362,24 @@ func freeLoopback() (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no free loopback address for a guest's agent")
+}
+
+// lockFile is the lock by which test processes take turns with the daemon.
+var lockFile = filepath.Join(os.TempDir(), "sandfleet-libvirttest.lock")
+
+// hold waits for the daemon to be the test's alone, and keeps it so until
+// the test ends (after its guests are removed: cleanups run last first).
+func hold(tb testing.TB) {
+	tb.Helper()
+	f, err := os.OpenFile(lockFile, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		tb.Fatalf("libvirttest: %v", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		tb.Fatalf("libvirttest: lock %s: %v", lockFile, err)
+	}
+	tb.Cleanup(func() { f.Close() }) // closing releases the lock
 }
 
 // Daemon is the libvirt daemon running on this host: libvirtd, or

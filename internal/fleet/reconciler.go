@@ -137,6 +137,7 @@ type Reconciler struct {
 	nextWake  time.Time
 	base      context.Context // the current term's; operations wait under it
 	anomalies map[string]bool // anomalies logged, by label and cell
+	watching  map[string]bool // provisioning machines whose agent is asked between passes, by label
 }
 
 // View is the last good read of one pool.
@@ -182,6 +183,7 @@ func New(o Options) *Reconciler {
 		scale:     scaling{low: map[string]time.Time{}, limited: map[string]string{}, decided: map[string]sizing{}},
 		base:      context.Background(),
 		anomalies: map[string]bool{},
+		watching:  map[string]bool{},
 	}
 	for _, p := range o.Pools {
 		r.pools[p.Name] = p

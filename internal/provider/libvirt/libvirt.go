@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -51,6 +50,9 @@ type Driver struct {
 	provider.Fixed
 	o     Options
 	conns map[string]*conn // by URI: pools on one host share a connection
+
+	mu        sync.Mutex
+	reverting map[string]bool // domains whose revert is under way, by URI and name
 }
 
 var _ provider.Provider = (*Driver)(nil)
@@ -73,7 +75,7 @@ func New(pools []config.Pool, o Options) (*Driver, error) {
 		}
 	}
 	d := &Driver{Fixed: provider.NewFixed("libvirt", pools, defaultURI, func(p config.Pool) string { return p.Snapshot }),
-		o: o, conns: map[string]*conn{}}
+		o: o, conns: map[string]*conn{}, reverting: map[string]bool{}}
 	for _, p := range d.Pools() {
 		if d.conns[p.URI] == nil {
 			c, err := newConn(p.URI, o.Logger)
@@ -117,14 +119,17 @@ func (d *Driver) call(ctx context.Context, p config.Pool, fn func(*golibvirt.Lib
 
 // domain is what one read of a domain says.
 type domain struct {
-	state  golibvirt.DomainState
-	reason int32
+	state     golibvirt.DomainState
+	reason    int32
+	reverting bool // not read: this driver is reverting it
 }
 
 // ListInstances returns the pool's configured machines whose domain libvirt
 // has, with their state. A domain libvirt does not have is left out (its
 // machine goes gone); a connection that cannot be had is an error, never an
-// empty list.
+// empty list. A domain this driver is reverting is not asked: libvirt holds
+// it for most of a revert, and any call touching it — listing all domains
+// too — would wait that long; it is reported updating.
 func (d *Driver) ListInstances(ctx context.Context, name string) ([]provider.Instance, error) {
 	p, err := d.Pool(name)
 	if err != nil {
@@ -132,23 +137,27 @@ func (d *Driver) ListInstances(ctx context.Context, name string) ([]provider.Ins
 	}
 	var doms map[string]domain
 	err = d.call(ctx, p, func(lv *golibvirt.Libvirt) error {
-		all, _, err := lv.ConnectListAllDomains(1, 0)
-		if err != nil {
-			return err
-		}
 		doms = map[string]domain{}
-		for _, dom := range all {
-			if !slices.ContainsFunc(p.Machines, func(m config.StaticMachine) bool { return m.Label == dom.Name }) {
+		for _, m := range p.Machines {
+			if d.isReverting(p, m.Label) {
+				doms[m.Label] = domain{state: golibvirt.DomainNostate, reverting: true}
 				continue
 			}
-			st, reason, err := lv.DomainGetState(dom, 0)
+			ref, err := lv.DomainLookupByName(m.Label)
 			if golibvirt.IsNotFound(err) {
-				continue // undefined since it was listed
+				continue
 			}
 			if err != nil {
 				return err
 			}
-			doms[dom.Name] = domain{state: golibvirt.DomainState(st), reason: reason}
+			st, reason, err := lv.DomainGetState(ref, 0)
+			if golibvirt.IsNotFound(err) {
+				continue // undefined since it was looked up
+			}
+			if err != nil {
+				return err
+			}
+			doms[m.Label] = domain{state: golibvirt.DomainState(st), reason: reason}
 		}
 		return nil
 	})
@@ -162,6 +171,22 @@ func (d *Driver) ListInstances(ctx context.Context, name string) ([]provider.Ins
 		}
 	}
 	return out, nil
+}
+
+func (d *Driver) isReverting(p config.Pool, label string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.reverting[p.URI+" "+label]
+}
+
+func (d *Driver) setReverting(p config.Pool, label string, on bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if on {
+		d.reverting[p.URI+" "+label] = true
+	} else {
+		delete(d.reverting, p.URI+" "+label)
+	}
 }
 
 // GetInstance reads one domain fresh; ErrNotFound if the configuration does
@@ -223,6 +248,9 @@ func instance(p config.Pool, m config.StaticMachine, dom domain) provider.Instan
 	if !ok {
 		s.state, s.raw = provider.InstanceUpdating, fmt.Sprintf("state %d", dom.state)
 	}
+	if dom.reverting {
+		s.state, s.raw = provider.InstanceUpdating, "reverting to its "+snapshotName(p.SnapshotOf(m))
+	}
 	in := static.Instance(p, m)
 	in.State, in.Raw = s.state, s.raw
 	in.Image, in.ResultServerPort = p.SnapshotOf(m), m.ResultServerPort
@@ -283,6 +311,8 @@ func (o *revertOp) Wait(ctx context.Context) error {
 // named, as CAPE's kvm machinery takes it), running, and waits until it
 // reports running.
 func (d *Driver) revert(ctx context.Context, p config.Pool, m config.StaticMachine) error {
+	d.setReverting(p, m.Label, true)
+	defer d.setReverting(p, m.Label, false)
 	snap := p.SnapshotOf(m)
 	err := d.call(ctx, p, func(lv *golibvirt.Libvirt) error {
 		dom, err := lv.DomainLookupByName(m.Label)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sandfleet/sandfleet/internal/config"
+	"github.com/sandfleet/sandfleet/internal/poll"
 	"github.com/sandfleet/sandfleet/internal/provider"
 	"github.com/sandfleet/sandfleet/internal/provider/libvirt"
 	"github.com/sandfleet/sandfleet/internal/provider/libvirt/libvirttest"
@@ -90,7 +91,23 @@ func TestRevertRestoresTheSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := op.Wait(ctx); err != nil {
+	reverted := make(chan error, 1)
+	go func() { reverted <- op.Wait(ctx) }()
+	// While it reverts, the domain is listed as reverting, not asked:
+	// libvirt holds it for most of a revert, and a list would wait.
+	var seen provider.Instance
+	poll.Until(t, time.Minute, "the domain listed as reverting", func() bool {
+		ins, err := d.ListInstances(ctx, "kvm")
+		if err != nil || len(ins) != 1 {
+			t.Fatalf("ListInstances during the revert = %+v, %v", ins, err)
+		}
+		seen = ins[0]
+		return strings.Contains(seen.Raw, "reverting")
+	})
+	if seen.State != provider.InstanceUpdating || seen.Raw != `reverting to its snapshot "clean"` {
+		t.Errorf("during the revert: %+v; want updating, reverting to its snapshot", seen)
+	}
+	if err := <-reverted; err != nil {
 		t.Fatalf("revert: %v", err)
 	}
 	in, err := d.GetInstance(ctx, "kvm", g.Name)

@@ -263,9 +263,9 @@ func (m *mapper) snapshots(f *File, p *config.Pool, g []*machine, at func(string
 func (m *mapper) poolHead(kind string) string {
 	if kind == "kvm" {
 		return "kvm.conf machines, as libvirt pools: after each use sandfleet reverts\n" +
-			"the domain (the machine's label) to its running snapshot through libvirt.\n" +
-			"The domains must be running when sandfleet starts; `sandfleet libvirt\n" +
-			"snapshot LABEL` takes a snapshot a domain lacks (`sandfleet doctor` says which)."
+			"the domain (the machine's label) to its running snapshot through libvirt\n" +
+			"(and at once, a domain that is shut off). `sandfleet libvirt snapshot LABEL`\n" +
+			"takes a snapshot a domain lacks (`sandfleet doctor` says which)."
 	}
 	return "physical.conf machines, as static pools: sandfleet never creates or re-images them."
 }

@@ -33,7 +33,6 @@ data_dir: %s
 resultserver: { listen: "%s", advertise_ip: 10.0.2.2 }
 fleet: { reconcile_interval: 1s, health_interval: 30s }
 timeouts: { cloud_operation: 120s }
-azure: { reimage_batch_window: 0s }
 pools:
   - name: kvm
     provider: libvirt
@@ -323,5 +322,83 @@ func TestLibvirtDeletedSnapshot(t *testing.T) {
 	poll.Until(t, time.Minute, other+" ready again", func() bool { return machineOf(other).State == store.Ready })
 	if m := machineOf(other); m.Failures != 0 {
 		t.Errorf("%s has %d failed operations; want none", other, m.Failures)
+	}
+}
+
+// TestLibvirtShutOffDomainsAreReverted: after a host reboot every domain is
+// shut off. A domain shut off when sandfleet starts, and one shut off while
+// its machine is ready, are each reverted to their running snapshot at
+// once — which starts them — and serve analyses; neither waits out
+// timeouts.vm_state or ends quarantined.
+func TestLibvirtShutOffDomainsAreReverted(t *testing.T) {
+	h := libvirttest.NewHost(t)
+	guests := h.Boot(2, "clean", time.Second)
+	if _, err := libvirttest.Virsh("destroy", guests[0].Name); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	conf, listen := libvirtConfig(t, dir, guests)
+	b, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Long enough that a machine waited out would fail the test's polls.
+	b = []byte(strings.Replace(string(b), "timeouts: { cloud_operation: 120s }", "timeouts: { cloud_operation: 120s, vm_state: 1h }", 1))
+	if err := os.WriteFile(conf, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, conf, listen)
+	d.waitReady(t, 2, 2*time.Minute)
+
+	if _, err := libvirttest.Virsh("destroy", guests[1].Name); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	st, err := open.Open(ctx, "sqlite://"+filepath.Join(dir, "sandfleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	restarted := func(label string) bool {
+		evs, err := st.MachineEvents(ctx, label)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, e := range evs {
+			if e.From == store.Provisioning && e.To == store.Dirty && strings.Contains(e.Cause, "shut off") {
+				return slices.ContainsFunc(evs[i:], func(e store.MachineEvent) bool { return e.To == store.Ready })
+			}
+		}
+		return false
+	}
+	poll.Until(t, 2*time.Minute, guests[1].Name+" shut off while ready, reverted, ready again", func() bool { return restarted(guests[1].Name) })
+	if !restarted(guests[0].Name) {
+		t.Errorf("%s was shut off when sandfleet started, and is ready without a revert", guests[0].Name)
+	}
+	d.waitReady(t, 2, time.Minute)
+	var ids []int64
+	for i := range 2 {
+		ids = append(ids, d.submit(t, fmt.Sprintf("after-%d.bin", i), []byte(fmt.Sprint(i))))
+	}
+	poll.Until(t, 2*time.Minute, "both tasks ended", func() bool { return countEnded(t, st) == len(ids) })
+	ts, err := st.ListTasks(ctx, store.TaskFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range ts {
+		if task.Status != store.TaskCompleted {
+			t.Errorf("task %d ended %s (%q), want completed", task.ID, task.Status, task.Error)
+		}
+	}
+	for _, g := range guests {
+		evs, err := st.MachineEvents(ctx, g.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evs {
+			if e.To == store.Quarantined || e.To == store.Gone {
+				t.Errorf("%s went %s: %s", g.Name, e.To, e.Cause)
+			}
+		}
 	}
 }

@@ -44,7 +44,8 @@ func (r *Reconciler) plan(p config.Pool, insts []provider.Instance, machines []s
 			state = m.State
 		}
 		c := condOf(inFlight(in.ID), m != nil && r.agentOverdue(m, silent, now))
-		out = append(out, pair{inst: in, machine: m, cond: c, action: decide(seen(in.State), state, c)})
+		action := restartStopped(r.caps, seen(in.State), state, c, decide(seen(in.State), state, c))
+		out = append(out, pair{inst: in, machine: m, cond: c, action: action})
 	}
 	for i := range machines {
 		m := &machines[i]
@@ -94,6 +95,10 @@ func (r *Reconciler) apply(ctx context.Context, p config.Pool, plan []pair, shri
 			moves = append(moves, store.Transition{Label: x.machine.Label, From: store.Gone, Version: x.machine.Version,
 				To: store.Dirty, Cause: "instance reappeared in the provider; reimaging before use", IP: &x.inst.IP})
 			r.wakeAt(time.Now().Add(r.o.ReimageWindow))
+		case Restart:
+			moves = append(moves, store.Transition{Label: x.machine.Label, From: x.machine.State, Version: x.machine.Version,
+				To: store.Dirty, Cause: fmt.Sprintf("instance %s; reimaging it starts it", x.inst.Raw)})
+			r.Trigger()
 		case Probe:
 			probe = append(probe, x)
 		case Unready:
@@ -396,14 +401,16 @@ func (r *Reconciler) watchAgent(label, ip string) {
 
 // reimage sends dirty machines to be reimaged, in batches: a batch goes once
 // its oldest machine has waited the reimage window. A provider that cannot
-// batch gets one operation a machine, so one failing does not hold back the
-// others.
+// batch gets one operation a machine, at once, so one failing does not hold
+// back the others.
 func (r *Reconciler) reimage(ctx context.Context, p config.Pool, dirty []*store.Machine) {
 	if len(dirty) == 0 {
 		return
 	}
 	sort.Slice(dirty, func(i, j int) bool { return dirty[i].StateChangedOn.Before(dirty[j].StateChangedOn) })
-	if due := dirty[0].StateChangedOn.Add(r.o.ReimageWindow); time.Now().Before(due) {
+	// The window gathers a batch; a provider that reimages machines one by
+	// one has none to gather, and would only make each wait.
+	if due := dirty[0].StateChangedOn.Add(r.o.ReimageWindow); r.caps.BatchReimage && time.Now().Before(due) {
 		r.wakeAt(due)
 		return
 	}

@@ -98,6 +98,7 @@ const (
 	MarkGone Action = "mark-gone" // the instance vanished
 	Reimage  Action = "reimage"   // dirty → reimaging, batched
 	Redo     Action = "redo"      // its reimage was lost: reimaging → dirty, to be reimaged again
+	Restart  Action = "restart"   // provisioning → dirty: the instance stopped, and a reimage starts it (see restartStopped)
 	Delete   Action = "delete"    // → deleting, and delete the instance (it failed, or our delete was lost)
 	// Replace: the machine's agent never answered. A provider that deletes
 	// instances deletes it (capacity brings a new one); otherwise it is
@@ -178,6 +179,21 @@ var table = map[row][nSeen]Action{
 
 // decide looks up the action for one pair. A cell missing from the table
 // (table_test.go makes sure there is none) is an anomaly, never a default.
+// restartStopped is the one departure from the table, for a provider whose
+// reimage starts a stopped instance (Capabilities.ReimageStarts: libvirt): a
+// provisioning machine whose instance is stopped is sent to be reimaged at
+// once (Restart), where the table waits for the instance to run (a cloud VM
+// someone deallocated) and, after timeouts.vm_state, replaces or
+// quarantines it. A ready machine whose instance stopped is first unready,
+// as in the table, then restarted. After a host reboot every domain is shut
+// off: CAPE reverts each at its next analysis; sandfleet at once.
+func restartStopped(caps provider.Capabilities, s Seen, state store.MachineState, c Cond, a Action) Action {
+	if caps.ReimageStarts && s == Stopped && state == store.Provisioning && c != InFlight {
+		return Restart
+	}
+	return a
+}
+
 func decide(s Seen, state store.MachineState, c Cond) Action {
 	cells, ok := table[row{state, c}]
 	if !ok || s < 0 || s >= nSeen || cells[s] == "" {

@@ -169,6 +169,11 @@ type Capabilities struct {
 	BatchReimage bool
 	// Tokens: begun operations carry resume tokens that Resume accepts.
 	Tokens bool
+	// ReimageStarts: a reimage brings a stopped instance back running (a
+	// libvirt revert to a running snapshot). A machine whose instance
+	// stopped — its host rebooted, its guest shut down or crashed while
+	// idle — is then reimaged at once, not waited for.
+	ReimageStarts bool
 }
 
 // Room is implemented by a provider whose pools share bounds beyond their

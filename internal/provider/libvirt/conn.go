@@ -59,7 +59,31 @@ func newConn(uri string, log *slog.Logger) (*conn, error) {
 // writes nothing and tries again after RetryAfter, and an operation whose
 // status it hid is waited for again, not failed.
 func unreachable(uri string, retry time.Duration, err error) error {
-	return &provider.ThrottledError{RetryAfter: retry, Op: fmt.Sprintf("libvirt %s unreachable (%v); reconnecting", uri, err)}
+	return &unreachableError{ThrottledError: provider.ThrottledError{RetryAfter: retry,
+		Op: fmt.Sprintf("libvirt %s unreachable (%v); reconnecting", uri, err)}, cause: err}
+}
+
+// unreachableError is the throttle unreachable returns, with its cause for
+// a command to name.
+type unreachableError struct {
+	provider.ThrottledError
+	cause error
+}
+
+func (e *unreachableError) Unwrap() error { return &e.ThrottledError }
+
+func isUnreachable(err error) bool {
+	var u *unreachableError
+	return errors.As(err, &u)
+}
+
+// cause is why the daemon could not be reached, when err says it could not.
+func cause(err error) error {
+	var u *unreachableError
+	if errors.As(err, &u) {
+		return u.cause
+	}
+	return err
 }
 
 // client returns a connected client, dialling when there is none and the

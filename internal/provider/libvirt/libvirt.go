@@ -98,8 +98,11 @@ func (d *Driver) Close() {
 
 // Capabilities: domains are listed and reverted, each on its own; they are
 // never created, resized or deleted by sandfleet, and a revert has nothing
-// to resume (a lost one is reverted again).
-func (d *Driver) Capabilities() provider.Capabilities { return provider.Capabilities{} }
+// to resume (a lost one is reverted again). A revert to a running snapshot
+// starts a domain that is shut off, paused or crashed.
+func (d *Driver) Capabilities() provider.Capabilities {
+	return provider.Capabilities{ReimageStarts: true}
+}
 
 func (d *Driver) machine(p config.Pool, label string) (config.StaticMachine, error) {
 	for _, m := range p.Machines {

@@ -64,10 +64,14 @@ func TestConformance(t *testing.T) {
 					h.Remove(id)
 					return nil
 				},
+				StopInstance: func(ctx context.Context, group, id string) error {
+					_, err := libvirttest.Virsh("destroy", id)
+					return err
+				},
 			}
 		},
 		Spec:    provider.PoolSpec{Name: "kvm", Platform: "linux", Image: snapshot},
-		Caps:    providertest.Caps{},
+		Caps:    providertest.Caps{ReimageStarts: true},
 		Timeout: 2 * time.Minute,
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -35,7 +36,10 @@ func (d *Driver) Find(label string) (Target, error) {
 			labels = append(labels, m.Label)
 		}
 	}
-	return Target{}, fmt.Errorf("no libvirt machine %q in the configuration (its libvirt machines: %v): %w", label, labels, provider.ErrNotFound)
+	if len(labels) == 0 {
+		return Target{}, fmt.Errorf("no libvirt pool in the configuration: list the domain %q as a machine of a provider: libvirt pool first: %w", label, provider.ErrNotFound)
+	}
+	return Target{}, fmt.Errorf("no libvirt machine %q in the configuration (its libvirt machines: %s): %w", label, strings.Join(labels, ", "), provider.ErrNotFound)
 }
 
 // Taken is a snapshot TakeSnapshot took.
@@ -95,6 +99,8 @@ func (d *Driver) TakeSnapshot(ctx context.Context, t Target, name string, replac
 	switch {
 	case golibvirt.IsNotFound(err):
 		return taken, fmt.Errorf("libvirt %s has no domain %q: %w", t.Pool.URI, label, provider.ErrNotFound)
+	case isUnreachable(err):
+		return taken, fmt.Errorf("libvirt at %s cannot be reached (%v): is libvirtd (or virtqemud) running there, and pools[].uri right?", t.Pool.URI, cause(err))
 	case errors.Is(err, errNotRunning):
 		return taken, fmt.Errorf("domain %q is %s: a pool's snapshot holds the running guest; start it (virsh start %s), wait for its agent, then take the snapshot",
 			label, stateName(state), label)

@@ -35,6 +35,9 @@ type Env struct {
 	// RemoveInstance makes an instance vanish without the provider (an
 	// eviction, a manual delete); nil if impossible.
 	RemoveInstance func(ctx context.Context, group, id string) error
+	// StopInstance stops an instance without the provider (its host
+	// rebooted, its guest shut down); nil if impossible.
+	StopInstance func(ctx context.Context, group, id string) error
 }
 
 // Harness describes a driver under test.
@@ -76,6 +79,7 @@ func Run(t *testing.T, h Harness) {
 		{"BogusTokenRejected", testBogusToken},
 		{"CapacityStaleETag", testStaleETag},
 		{"ReimageKeepsIDs", testReimageKeepsIDs},
+		{"ReimageStartsStopped", testReimageStartsStopped},
 		{"DeleteRemovesIDs", testDeleteRemovesIDs},
 		{"DeleteGroup", testDeleteGroup},
 		{"UpdateGroupImage", testUpdateImage},
@@ -470,6 +474,31 @@ func testReimageKeepsIDs(t *testing.T, s *suite) {
 	if err := s.run(s.p().Reimage(s.ctx, name, []string{"no-such-instance-999"})); err == nil {
 		t.Errorf("Reimage of an unknown id succeeded")
 	}
+}
+
+// testReimageStartsStopped: a driver that declares ReimageStarts brings a
+// stopped instance back running with a reimage.
+func testReimageStartsStopped(t *testing.T, s *suite) {
+	if !s.h.Caps.ReimageStarts {
+		t.Skip("driver does not declare that a reimage starts a stopped instance")
+	}
+	name, ins := s.group(t)
+	stop := s.env.StopInstance
+	if stop == nil {
+		t.Fatal("the driver declares ReimageStarts: the harness must be able to stop an instance (Env.StopInstance)")
+	}
+	id := ins[0].ID
+	if err := stop(s.ctx, name, id); err != nil {
+		t.Fatalf("stop %s: %v", id, err)
+	}
+	in, err := s.p().GetInstance(s.ctx, name, id)
+	if err != nil || in.State != provider.InstanceStopped {
+		t.Fatalf("after the stop: %+v, %v; want stopped", in, err)
+	}
+	if err := s.run(s.p().Reimage(s.ctx, name, []string{id})); err != nil {
+		t.Fatalf("Reimage(%s) of the stopped instance: %v", id, err)
+	}
+	s.waitRunning(t, name, len(ins))
 }
 
 func testDeleteRemovesIDs(t *testing.T, s *suite) {

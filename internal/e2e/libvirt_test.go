@@ -102,15 +102,7 @@ func TestLibvirtPoolTenAnalyses(t *testing.T) {
 	}
 	checkOneTaskPerMachine(t, st, ts)
 	for _, g := range guests {
-		evs, err := st.MachineEvents(ctx, g.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range evs {
-			if e.To == store.Quarantined || e.To == store.Gone {
-				t.Errorf("%s went %s: %s", g.Name, e.To, e.Cause)
-			}
-		}
+		evs := checkInService(t, st, g.Name)
 		uses := events.checkRevertedBetweenUses(t, g.Name, evs)
 		t.Logf("%s: %d uses, %d reverts reported by libvirt", g.Name, uses, len(events.reverts(t, g.Name)))
 	}
@@ -391,14 +383,22 @@ func TestLibvirtShutOffDomainsAreReverted(t *testing.T) {
 		}
 	}
 	for _, g := range guests {
-		evs, err := st.MachineEvents(ctx, g.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range evs {
-			if e.To == store.Quarantined || e.To == store.Gone {
-				t.Errorf("%s went %s: %s", g.Name, e.To, e.Cause)
-			}
+		checkInService(t, st, g.Name)
+	}
+}
+
+// checkInService checks that machine label never went quarantined or gone,
+// and returns its events.
+func checkInService(t *testing.T, st store.Store, label string) []store.MachineEvent {
+	t.Helper()
+	evs, err := st.MachineEvents(context.Background(), label)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs {
+		if e.To == store.Quarantined || e.To == store.Gone {
+			t.Errorf("%s went %s: %s", label, e.To, e.Cause)
 		}
 	}
+	return evs
 }

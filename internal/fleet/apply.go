@@ -310,6 +310,11 @@ func (r *Reconciler) newMachine(p config.Pool, in *provider.Instance) store.Mach
 const (
 	probeEvery = 2 * time.Second
 	agentRetry = 200 * time.Millisecond
+	// maxWatching bounds the agents watchAgent asks at once: it is for the
+	// few machines a reimage just handed back, not for a fleet booting
+	// (10,000 new VMs would be 50,000 requests a second); the others wait
+	// for the passes' probes.
+	maxWatching = 8
 )
 
 // probe asks the agents of provisioning machines, a bounded number at a time,
@@ -367,7 +372,7 @@ func (r *Reconciler) probe(ctx context.Context, ps []pair) []store.Transition {
 // no more often than it would have.
 func (r *Reconciler) watchAgent(label, ip string) {
 	r.mu.Lock()
-	if r.watching[label] {
+	if r.watching[label] || len(r.watching) >= maxWatching {
 		r.mu.Unlock()
 		return
 	}

@@ -104,6 +104,9 @@ type Driver struct {
 	vcpus atomic.Int64
 
 	ips ipCache
+	// vmPages keeps each scale set's VM list pages decoded, to skip
+	// decoding a page that has not changed since the last pass.
+	vmPages pageCache
 }
 
 var _ provider.Provider = (*Driver)(nil)

@@ -889,3 +889,58 @@ func TestPollsBackOff(t *testing.T) {
 		t.Errorf("the last pause was %s, want about 250ms (five PollIntervals): %v", last, gaps)
 	}
 }
+
+// TestChangedPageDecodedAgain: the driver keeps each VM list page decoded
+// and skips decoding a page whose bytes did not change; a page that did —
+// one VM reimaging, then done — is read afresh, and the other pages' VMs
+// are listed as before.
+func TestChangedPageDecodedAgain(t *testing.T) {
+	const pageSize, n = 3, 7
+	e := startEmulator(t, azemu.Options{PageSize: pageSize, LRODelay: 2 * time.Second})
+	d := newDriver(t, e)
+	createGroup(t, d, spec.Name, n)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	states := func() map[string]provider.InstanceState {
+		t.Helper()
+		ins, err := d.ListInstances(ctx, spec.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]provider.InstanceState{}
+		for _, in := range ins {
+			out[in.ID] = in.State
+		}
+		if len(out) != n {
+			t.Fatalf("ListInstances: %d instances, want %d", len(out), n)
+		}
+		return out
+	}
+	before := states()
+	states() // the same pages again, none decoded
+	var target string
+	for id := range before {
+		if target == "" || id > target {
+			target = id // on a later page than the first
+		}
+	}
+	op, err := d.Reimage(ctx, spec.Name, []string{target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	during := states()
+	for id, s := range during {
+		switch {
+		case id == target && s == provider.InstanceRunning:
+			t.Errorf("instance %s listed running while its reimage is in progress: its changed page was not read afresh", id)
+		case id != target && s != before[id]:
+			t.Errorf("instance %s listed %s during another's reimage, was %s", id, s, before[id])
+		}
+	}
+	if err := op.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := states()[target]; s != provider.InstanceRunning {
+		t.Errorf("instance %s listed %s after its reimage, want running", target, s)
+	}
+}

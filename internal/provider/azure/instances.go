@@ -131,7 +131,7 @@ var (
 )
 
 func (d *Driver) listVMs(ctx context.Context, group string) ([]vmView, error) {
-	vms, err := readList[vmView](ctx, d.arm, d.scaleSetPath(group, "virtualMachines"), computeAPIVersion, expandInstanceView)
+	vms, err := readList[vmView](ctx, d.arm, d.scaleSetPath(group, "virtualMachines"), computeAPIVersion, expandInstanceView, &d.vmPages)
 	if err != nil {
 		return nil, mapErr("list VMs of scale set "+group, err)
 	}
@@ -141,7 +141,7 @@ func (d *Driver) listVMs(ctx context.Context, group string) ([]vmView, error) {
 
 // listNICs reads the NICs of every VM of a scale set.
 func (d *Driver) listNICs(ctx context.Context, group string) ([]nicView, error) {
-	nics, err := readList[nicView](ctx, d.arm, d.scaleSetPath(group, "networkInterfaces"), scaleSetNICVersion, nil)
+	nics, err := readList[nicView](ctx, d.arm, d.scaleSetPath(group, "networkInterfaces"), scaleSetNICVersion, nil, nil)
 	if err != nil {
 		return nil, mapErr("list NICs of scale set "+group, err)
 	}
@@ -150,7 +150,7 @@ func (d *Driver) listNICs(ctx context.Context, group string) ([]nicView, error) 
 
 // listVMNICs reads the NICs of one VM of a scale set.
 func (d *Driver) listVMNICs(ctx context.Context, group, id string) ([]nicView, error) {
-	nics, err := readList[nicView](ctx, d.arm, d.scaleSetPath(group, "virtualMachines", id, "networkInterfaces"), scaleSetNICVersion, nil)
+	nics, err := readList[nicView](ctx, d.arm, d.scaleSetPath(group, "virtualMachines", id, "networkInterfaces"), scaleSetNICVersion, nil, nil)
 	if err != nil {
 		return nil, mapErr(fmt.Sprintf("list NICs of VM %s of scale set %s", id, group), err)
 	}

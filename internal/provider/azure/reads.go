@@ -3,9 +3,12 @@ package azure
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"hash/maphash"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -99,8 +102,12 @@ type listPage[T any] struct {
 	NextLink string `json:"nextLink"`
 }
 
-// readList reads every page of the ARM list at path, decoding its items into T.
-func readList[T any](ctx context.Context, c *arm.Client, path, apiVersion string, query url.Values) ([]T, error) {
+// readList reads every page of the ARM list at path, decoding its items into
+// T. With a cache, a page whose bytes are those the cache holds for the
+// same page of path is not decoded again: a pass over a scale set where
+// nothing changed decodes nothing.
+func readList[T any](ctx context.Context, c *arm.Client, path, apiVersion string, query url.Values, cache *pageCache) ([]T, error) {
+	var read []pageEntry
 	pager := runtime.NewPager(runtime.PagingHandler[listPage[T]]{
 		More: func(p listPage[T]) bool { return p.NextLink != "" },
 		Fetcher: func(ctx context.Context, p *listPage[T]) (listPage[T], error) {
@@ -115,7 +122,21 @@ func readList[T any](ctx context.Context, c *arm.Client, path, apiVersion string
 				return listPage[T]{}, err
 			}
 			var page listPage[T]
-			return page, runtime.UnmarshalAsJSON(resp, &page)
+			if cache == nil {
+				return page, runtime.UnmarshalAsJSON(resp, &page)
+			}
+			body, err := runtime.Payload(resp)
+			if err != nil {
+				return page, err
+			}
+			sum := maphash.Bytes(pageSeed, body)
+			if cached, ok := cache.get(path, len(read), sum).(listPage[T]); ok {
+				page = cached
+			} else if err := json.Unmarshal(body, &page); err != nil {
+				return page, fmt.Errorf("unmarshalling page %d of %s: %w", len(read)+1, path, err)
+			}
+			read = append(read, pageEntry{sum: sum, page: page})
+			return page, nil
 		},
 		Tracer: c.Tracer(),
 	})
@@ -127,7 +148,46 @@ func readList[T any](ctx context.Context, c *arm.Client, path, apiVersion string
 		}
 		out = append(out, page.Value...)
 	}
+	if cache != nil {
+		cache.put(path, read)
+	}
 	return out, nil
+}
+
+// pageSeed hashes pages for the process's life.
+var pageSeed = maphash.MakeSeed()
+
+// pageCache holds, for each list path, the pages last read whole: each
+// page's hash and its decoded value. A decoded page is shared by the lists
+// that reuse it, so it is never written to.
+type pageCache struct {
+	mu    sync.Mutex
+	paths map[string][]pageEntry
+}
+
+type pageEntry struct {
+	sum  uint64
+	page any // a listPage[T]
+}
+
+// get returns page i of path if the cache holds it with hash sum.
+func (c *pageCache) get(path string, i int, sum uint64) any {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if pages := c.paths[path]; i < len(pages) && pages[i].sum == sum {
+		return pages[i].page
+	}
+	return nil
+}
+
+// put replaces what the cache holds for path by the pages of a whole list.
+func (c *pageCache) put(path string, pages []pageEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.paths == nil {
+		c.paths = map[string][]pageEntry{}
+	}
+	c.paths[path] = pages
 }
 
 // readOne reads the ARM resource at path into a T.

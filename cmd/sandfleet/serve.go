@@ -100,7 +100,7 @@ func emulatorCmd(g *globals) *cobra.Command {
 	var (
 		listen, state, analysis string
 		faults, ipBlock         string
-		location                string
+		location, subnetPrefix  string
 		lroDelay                time.Duration
 		pageSize, agentPort     int
 		galleryImages           []string
@@ -115,7 +115,7 @@ func emulatorCmd(g *globals) *cobra.Command {
 			opts := azemu.Options{
 				Listen: listen, StateDir: state, LRODelay: lroDelay, PageSize: pageSize,
 				AgentPort: agentPort, AnalysisDuration: analysis, IPBlock: ipBlock, Location: location,
-				Logger: g.logger(),
+				SubnetPrefix: subnetPrefix, Logger: g.logger(),
 			}
 			if cmd.Flags().Changed("gallery-images") {
 				opts.GalleryImages = galleryImages
@@ -150,6 +150,7 @@ func emulatorCmd(g *globals) *cobra.Command {
 	f.StringVar(&faults, "faults", "", `faults in force at start, as POST /_emulator/faults takes them: '{"throttle": {"match": "virtualMachines", "retry_after_s": 120}}'`)
 	f.StringVar(&ipBlock, "ip-block", "", "loopback block for VM IPs, e.g. 127.42.0.0/16 (default: random, kept in the state)")
 	f.StringVar(&location, "location", azemu.DefaultLocation, "the region the gallery's images are in")
+	f.StringVar(&subnetPrefix, "subnet-prefix", azemu.DefaultSubnetPrefix, "the address prefix every subnet reports: its size bounds how many VMs fit (a /22 holds 1,019)")
 	f.StringSliceVar(&galleryImages, "gallery-images", nil, "the gallery images that exist, e.g. win10,ubuntu-22.04; any other is not found (default: any image exists)")
 	return cmd
 }

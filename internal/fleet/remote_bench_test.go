@@ -175,7 +175,11 @@ func startRemote(b *testing.B) *remote {
 	l.Close()
 	state := filepath.Join(dir, "emulator")
 	block := fmt.Sprintf("127.%d.0.0/16", 16+rand.IntN(235))
-	cmd := exec.Command(bin, "emulator", "--listen", addr, "--state", state, "--ip-block", block)
+	// A /16 subnet and 100,000 cores: the default /22 holds 1,019 VMs and
+	// the default quota 2,500 of two vCPUs, and the emulator refuses more,
+	// as Azure does (SubnetIsFull, OperationNotAllowed).
+	cmd := exec.Command(bin, "emulator", "--listen", addr, "--state", state, "--ip-block", block, "--subnet-prefix", "10.0.0.0/16",
+		"--faults", `{"quota": {"cores": 100000, "low_priority_cores": 100000}}`)
 	if testing.Verbose() {
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	}

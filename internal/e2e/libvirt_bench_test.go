@@ -52,14 +52,9 @@ func BenchmarkLibvirtPool(b *testing.B) {
 		}
 		poll.Until(b, 10*time.Minute, "every task ended", func() bool { return countEnded(b, st) == tasks })
 		elapsed := time.Since(start)
-		ts, err := st.ListTasks(ctx, store.TaskFilter{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, task := range ts {
-			if task.Status != store.TaskCompleted {
-				b.Fatalf("task %d ended %s: %s", task.ID, task.Status, task.Error)
-			}
+		checkCompleted(b, st, dir)
+		if b.Failed() {
+			b.FailNow()
 		}
 		d.waitReady(b, 2, 2*time.Minute)
 		var toReady, reverts []time.Duration

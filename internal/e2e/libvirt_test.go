@@ -87,19 +87,7 @@ func TestLibvirtPoolTenAnalyses(t *testing.T) {
 	daemon.Start(t)
 	poll.Until(t, 4*time.Minute, "every task ended", func() bool { return ended() == n })
 
-	ts, err := st.ListTasks(ctx, store.TaskFilter{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, task := range ts {
-		if task.Status != store.TaskCompleted {
-			t.Errorf("task %d ended %s (%q), want completed", task.ID, task.Status, task.Error)
-		}
-		log, err := os.ReadFile(filepath.Join(dir, "analyses", fmt.Sprint(task.ID), "analysis.log"))
-		if err != nil || !strings.Contains(string(log), fmt.Sprintf("task %d:", task.ID)) {
-			t.Errorf("task %d: analysis.log %q, %v; want its own analyzer's log", task.ID, log, err)
-		}
-	}
+	ts := checkCompleted(t, st, dir)
 	checkOneTaskPerMachine(t, st, ts)
 	for _, g := range guests {
 		evs := checkInService(t, st, g.Name)
@@ -295,18 +283,7 @@ func TestLibvirtDeletedSnapshot(t *testing.T) {
 	if reason, want := machineOf(broken).QuarantineReason, `no snapshot "clean"`; !strings.Contains(reason, want) {
 		t.Errorf("%s quarantined with reason %q; want it to name the snapshot (%s)", broken, reason, want)
 	}
-	ts, err := st.ListTasks(ctx, store.TaskFilter{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, task := range ts {
-		if task.Status != store.TaskCompleted {
-			t.Errorf("task %d ended %s (%q), want completed", task.ID, task.Status, task.Error)
-		}
-		log, err := os.ReadFile(filepath.Join(dir, "analyses", fmt.Sprint(task.ID), "analysis.log"))
-		if err != nil || !strings.Contains(string(log), fmt.Sprintf("task %d:", task.ID)) {
-			t.Errorf("task %d: analysis.log %q, %v; want its own analyzer's log, through its machine's own port", task.ID, log, err)
-		}
+	for _, task := range checkCompleted(t, st, dir) {
 		if want := map[bool]string{true: broken, false: other}[task.ID == ids[0]]; task.RanOn != want {
 			t.Errorf("task %d ran on %q, want %s", task.ID, task.RanOn, want)
 		}
@@ -373,7 +350,18 @@ func TestLibvirtShutOffDomainsAreReverted(t *testing.T) {
 		ids = append(ids, d.submit(t, fmt.Sprintf("after-%d.bin", i), []byte(fmt.Sprint(i))))
 	}
 	poll.Until(t, 2*time.Minute, "both tasks ended", func() bool { return countEnded(t, st) == len(ids) })
-	ts, err := st.ListTasks(ctx, store.TaskFilter{})
+	checkCompleted(t, st, dir)
+	for _, g := range guests {
+		checkInService(t, st, g.Name)
+	}
+}
+
+// checkCompleted checks that every task completed with its own analyzer's
+// log in its folder (through its machine's result-server port), and returns
+// the tasks.
+func checkCompleted(t testing.TB, st store.Store, dir string) []store.Task {
+	t.Helper()
+	ts, err := st.ListTasks(context.Background(), store.TaskFilter{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,10 +369,12 @@ func TestLibvirtShutOffDomainsAreReverted(t *testing.T) {
 		if task.Status != store.TaskCompleted {
 			t.Errorf("task %d ended %s (%q), want completed", task.ID, task.Status, task.Error)
 		}
+		log, err := os.ReadFile(filepath.Join(dir, "analyses", fmt.Sprint(task.ID), "analysis.log"))
+		if err != nil || !strings.Contains(string(log), fmt.Sprintf("task %d:", task.ID)) {
+			t.Errorf("task %d: analysis.log %q, %v; want its own analyzer's log", task.ID, log, err)
+		}
 	}
-	for _, g := range guests {
-		checkInService(t, st, g.Name)
-	}
+	return ts
 }
 
 // checkInService checks that machine label never went quarantined or gone,
